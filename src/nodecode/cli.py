@@ -1,0 +1,126 @@
+"""The `nodecode` command: parses arguments and calls the package; errors are one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _train_codec(a):
+    from nodecode.tasks.compression import CodecTrainConfig, train_codec
+    train_codec(CodecTrainConfig(
+        data=a.data, out=a.out, name=a.name or f"c{a.channels}", channels=a.channels, num_centers=a.num_centers,
+        beta=a.beta, target_entropy=a.target_entropy, lr=a.lr, batch_size=a.batch_size, crop=a.crop,
+        steps=a.steps, max_minutes=a.max_minutes, init=a.init, val_data=a.val_data, cache_dir=a.cache_dir,
+        device=a.device, seed=a.seed))
+
+
+def _compress(a):
+    from nodecode.codec.files import compress_file
+    r = compress_file(a.image, a.output, a.model, a.device or "cpu")
+    print(f"{a.output}: {r['bytes']} bytes, {r['bpp']:.4f} bpp ({r['width']}x{r['height']})")
+
+
+def _decompress(a):
+    from nodecode.codec.files import decompress_file
+    r = decompress_file(a.file, a.output, a.model, a.device or "cpu")
+    print(f"{a.output}: {r['width']}x{r['height']}")
+
+
+def _eval_codec(a):
+    from nodecode.eval.codec_eval import evaluate_codecs
+    evaluate_codecs(a.data, a.json, plot=a.plot, codecs=a.codecs.split(","), baselines=not a.no_baselines,
+                    device=a.device, limit=a.limit)
+
+
+def _flops(a):
+    from nodecode.bench.flops import codec_rows, format_table, table1_rows
+    rows = table1_rows(extra_rows=codec_rows())
+    print(json.dumps(rows, indent=2) if a.json else format_table(rows))
+
+
+def _demo(a):
+    from nodecode.demo import run_demo
+    run_demo(a.data, a.out, device=a.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodecode", description="Image understanding from learned compressed representations.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="compress images at c8/c16/c32 and compare with JPEG (the main job)")
+    d.add_argument("--data", default=None, help="image file or folder (default: photos bundled with scikit-image)")
+    d.add_argument("--out", default="nodecode-demo", help="output folder")
+    d.add_argument("--device", default=None)
+    d.set_defaults(fn=_demo)
+
+    t = sub.add_parser("train", help="train a network").add_subparsers(dest="what", required=True)
+    tc = t.add_parser("codec", help="train the compression network with Eq. 1")
+    tc.add_argument("--data", required=True, help="folder of training images (searched recursively)")
+    tc.add_argument("--out", required=True, help="run folder: checkpoints, logs, codec.safetensors")
+    tc.add_argument("--channels", type=int, default=16, help="C, latent channels")
+    tc.add_argument("--name", default=None, help="operating point name written into files (default cC)")
+    tc.add_argument("--num-centers", type=int, default=6, help="L, quantization centers")
+    tc.add_argument("--beta", type=float, default=500.0, help="β of Eq. 1 (MSE on 0..255)")
+    tc.add_argument("--target-entropy", type=float, default=1.3, help="Ht of Eq. 1, bits per symbol")
+    tc.add_argument("--lr", type=float, default=1e-3)
+    tc.add_argument("--batch-size", type=int, default=32)
+    tc.add_argument("--crop", type=int, default=160)
+    tc.add_argument("--steps", type=int, default=20000)
+    tc.add_argument("--max-minutes", type=float, default=None, help="stop and checkpoint after this long; rerun resumes")
+    tc.add_argument("--init", default=None, help="fine-tune from this codec (bundled name or path)")
+    tc.add_argument("--val-data", default=None)
+    tc.add_argument("--cache-dir", default=None, help="cache decoded training tiles here")
+    tc.add_argument("--device", default=None)
+    tc.add_argument("--seed", type=int, default=0)
+    tc.set_defaults(fn=_train_codec)
+
+    c = sub.add_parser("compress", help="image -> .ndc file")
+    c.add_argument("image")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--model", default="c8", help="c8, c16, c32 or a codec .safetensors path")
+    c.add_argument("--device", default=None)
+    c.set_defaults(fn=_compress)
+
+    x = sub.add_parser("decompress", help=".ndc file -> image")
+    x.add_argument("file")
+    x.add_argument("-o", "--output", required=True)
+    x.add_argument("--model", default=None, help="codec path, if the file was not made by a bundled one")
+    x.add_argument("--device", default=None)
+    x.set_defaults(fn=_decompress)
+
+    e = sub.add_parser("eval-codec", help="rate-distortion of the codecs and classical baselines (Fig. 8)")
+    e.add_argument("--data", required=True)
+    e.add_argument("--json", required=True)
+    e.add_argument("--plot", default=None)
+    e.add_argument("--codecs", default="c8,c16,c32")
+    e.add_argument("--no-baselines", action="store_true")
+    e.add_argument("--limit", type=int, default=None, help="only the first N images")
+    e.add_argument("--device", default=None)
+    e.set_defaults(fn=_eval_codec)
+
+    f = sub.add_parser("flops", help="Table 1: GMACs of the networks and the codec")
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(fn=_flops)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nodecode.errors import NodecodeError
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except NodecodeError as e:
+        print(f"nodecode: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as e:
+        print(f"nodecode: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nodecode: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

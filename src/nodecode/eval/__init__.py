@@ -1,0 +1,1 @@
+"""Evaluation: image-quality and task metrics, and classical-codec baselines."""

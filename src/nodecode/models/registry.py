@@ -1,0 +1,140 @@
+"""One timm-style model registry for the ResNet/cResNet classifiers and their "-d" segmenters (Tables 1 and 3, §5.1)."""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+from torch import nn
+
+from nodecode.models.resnet import ResNet
+
+DEFAULT_LATENT_CHANNELS = 32  # C of the 0.635 bpp operating point (App. A.1); Table 1 is counted with it
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a caller needs to feed a registered model."""
+    name: str
+    input: str                      # "rgb" or "latent"
+    input_size: tuple[int, int]     # default spatial size (224/28 classification, 320/40 segmentation, App. A.4/A.5)
+    in_channels: int                # default: 3, or DEFAULT_LATENT_CHANNELS for a latent
+    num_classes: int                # default: 1000 (ImageNet) or 21 (PASCAL VOC)
+    task: str                       # "classification" or "segmentation"
+    output_stride: int              # input size / backbone output size
+    paper_gmacs: float | None       # Table 1 (classification nets only)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+_CONFIGS: dict[str, ModelConfig] = {}
+
+
+def register_model(*, input: str, paper_gmacs: float | None = None, task: str = "classification",
+                   output_stride: int = 32, input_size: tuple[int, int] | None = None):
+    """Decorator: register `fn(in_channels, num_classes, **kw) -> nn.Module` under its function name."""
+    if input not in ("rgb", "latent"):
+        raise ValueError(f"input must be 'rgb' or 'latent', not {input!r}")
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        name = fn.__name__
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} registered twice")
+        seg = task == "segmentation"
+        size = input_size or {("rgb", False): (224, 224), ("rgb", True): (320, 320),
+                              ("latent", False): (28, 28), ("latent", True): (40, 40)}[input, seg]
+        _MODELS[name] = fn
+        _CONFIGS[name] = ModelConfig(name, input, tuple(size), 3 if input == "rgb" else DEFAULT_LATENT_CHANNELS,
+                                     21 if seg else 1000, task, output_stride, paper_gmacs)
+        return fn
+    return wrap
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered names, sorted, optionally filtered by a shell-style pattern (e.g. "cresnet*", "*_d")."""
+    names = sorted(_MODELS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def get_config(name: str) -> ModelConfig:
+    """The default configuration registered beside `name`."""
+    _check(name)
+    return _CONFIGS[name]
+
+
+def create_model(name: str, in_channels: int | None = None, num_classes: int | None = None, **kw) -> nn.Module:
+    """Build a registered model; None means the registered default. Extra kw (width, stride_in_1x1,
+    zero_init_last, aspp_rates) go to :class:`ResNet`. The config is attached as ``model.default_cfg``."""
+    cfg = get_config(name)
+    model = _MODELS[name](in_channels=cfg.in_channels if in_channels is None else in_channels,
+                          num_classes=cfg.num_classes if num_classes is None else num_classes, **kw)
+    model.default_cfg = cfg
+    return model
+
+
+def _check(name: str) -> None:
+    if name not in _MODELS:
+        from nodecode.errors import NodecodeError
+        raise NodecodeError(f"unknown model {name!r}; known: {', '.join(list_models())}")
+
+
+def _rgb(blocks, dilated, in_channels, num_classes, kw) -> ResNet:
+    return ResNet(blocks, in_channels=in_channels, num_classes=num_classes, root=True, dilated=dilated, **kw)
+
+
+def _latent(blocks, dilated, in_channels, num_classes, kw) -> ResNet:
+    return ResNet(blocks, in_channels=in_channels, num_classes=num_classes, root=False, dilated=dilated, **kw)
+
+
+# Classification networks, Table 1 (block counts of conv2_x..conv5_x; cResNets start at conv3_x).
+@register_model(input="rgb", paper_gmacs=3.86)
+def resnet50(in_channels=3, num_classes=1000, **kw):
+    return _rgb([3, 4, 6, 3], False, in_channels, num_classes, kw)
+
+
+@register_model(input="rgb", paper_gmacs=5.38)
+def resnet71(in_channels=3, num_classes=1000, **kw):
+    return _rgb([3, 4, 13, 3], False, in_channels, num_classes, kw)
+
+
+@register_model(input="latent", paper_gmacs=2.95, output_stride=4)
+def cresnet39(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
+    return _latent([4, 6, 3], False, in_channels, num_classes, kw)
+
+
+@register_model(input="latent", paper_gmacs=3.83, output_stride=4)
+def cresnet51(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
+    return _latent([4, 10, 3], False, in_channels, num_classes, kw)
+
+
+@register_model(input="latent", paper_gmacs=5.36, output_stride=4)
+def cresnet72(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
+    return _latent([4, 17, 3], False, in_channels, num_classes, kw)
+
+
+# Segmentation networks, §5.1: atrous conv4_x/conv5_x (dilation 2/4) and an ASPP head.
+@register_model(input="rgb", task="segmentation", output_stride=8)
+def resnet50_d(in_channels=3, num_classes=21, **kw):
+    return _rgb([3, 4, 6, 3], True, in_channels, num_classes, kw)
+
+
+@register_model(input="rgb", task="segmentation", output_stride=8)
+def resnet71_d(in_channels=3, num_classes=21, **kw):
+    return _rgb([3, 4, 13, 3], True, in_channels, num_classes, kw)
+
+
+@register_model(input="latent", task="segmentation", output_stride=1)
+def cresnet39_d(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=21, **kw):
+    return _latent([4, 6, 3], True, in_channels, num_classes, kw)
+
+
+@register_model(input="latent", task="segmentation", output_stride=1)
+def cresnet51_d(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=21, **kw):
+    return _latent([4, 10, 3], True, in_channels, num_classes, kw)
+
+
+@register_model(input="latent", task="segmentation", output_stride=1)
+def cresnet72_d(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=21, **kw):
+    return _latent([4, 17, 3], True, in_channels, num_classes, kw)

@@ -1,0 +1,59 @@
+"""Resumable training state as safetensors (no pickle), written atomically."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, safe_open, save_file
+
+from nodecode.utils import atomic_path
+
+
+def _flatten_optimizer(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    sd = opt.state_dict()
+    tensors = {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{idx}.{k}"] = v.detach().cpu().contiguous()
+            elif v is not None:
+                tensors[f"optim.{idx}.{k}"] = torch.tensor(v)
+    return tensors, {"param_groups": sd["param_groups"]}
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    meta: dict | None = None) -> None:
+    """Model weights, optimizer state and RNG state in one safetensors file; `meta` (JSON-able) in its header."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    info = {"meta": meta or {}}
+    if optimizer is not None:
+        opt_tensors, opt_info = _flatten_optimizer(optimizer)
+        tensors.update(opt_tensors)
+        info["optimizer"] = opt_info
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"nodecode": json.dumps(info)})
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+                    restore_rng: bool = True) -> dict:
+    """Restore what save_checkpoint wrote; returns its `meta`."""
+    with safe_open(str(path), framework="pt") as f:
+        info = json.loads((f.metadata() or {}).get("nodecode", "{}"))
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if optimizer is not None and "optimizer" in info:
+        state: dict = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": info["optimizer"]["param_groups"]})
+    if restore_rng:
+        torch.set_rng_state(tensors["rng.cpu"])
+        if "rng.cuda" in tensors and torch.cuda.is_available():
+            torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return info.get("meta", {})

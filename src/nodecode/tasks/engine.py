@@ -1,0 +1,158 @@
+"""The one training loop every task uses: AMP, LR schedule, logging, time budget, resumable checkpoints, DDP."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from nodecode.tasks.checkpoint import load_checkpoint, save_checkpoint
+
+
+@dataclass
+class EngineConfig:
+    out_dir: str
+    total_steps: int
+    log_every: int = 50
+    checkpoint_every_s: float = 300.0
+    max_minutes: float | None = None      # stop (and checkpoint) after this much wall time; rerun to resume
+    amp: bool = True                      # bf16 autocast on CUDA
+    clip_grad: float | None = None
+    progress: bool = True
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def init_distributed() -> tuple[int, int, torch.device | None]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); (rank, world, device)."""
+    if "RANK" not in os.environ or (dist.is_initialized()):
+        return (dist.get_rank(), dist.get_world_size(), None) if dist.is_initialized() else (0, 1, None)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    device = None
+    if backend == "nccl":
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+class Engine:
+    """Runs `step_fn(model, batch) -> (loss, logs)` on `batch_fn(step)` for `total_steps`, resuming from out_dir."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: EngineConfig,
+                 lr_at: Callable[[int], float] | None = None, meta: dict | None = None):
+        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.lr_at = lr_at
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.meta = dict(meta or {})
+        self.out = Path(cfg.out_dir)
+        self.ckpt = self.out / "last.safetensors"
+        self.step = 0
+        self.device = next(model.parameters()).device
+        self.ddp = dist.is_available() and dist.is_initialized()
+        self.net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+                    if self.ddp else model)
+        self._tb = None
+        if self.ckpt.exists():
+            state = load_checkpoint(self.ckpt, model, optimizer)
+            self.step = int(state.get("step", 0))
+            self.base_lrs = state.get("base_lrs", self.base_lrs)
+
+    # -- logging -------------------------------------------------------------------------------------------
+    def log(self, logs: dict, prefix: str = "train") -> None:
+        if not is_main_process():
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "split": prefix, **logs}) + "\n")
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.out / "tb"))
+            except ImportError:  # tensorboard is optional
+                self._tb = False
+        if self._tb:
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(f"{prefix}/{k}", v, self.step)
+
+    def save(self) -> None:
+        if is_main_process():
+            save_checkpoint(self.ckpt, self.model, self.optimizer,
+                            {**self.meta, "step": self.step, "base_lrs": self.base_lrs})
+        if self.ddp:
+            dist.barrier()
+
+    def autocast(self):
+        if self.cfg.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _decide(self, t0: float, last_ckpt: float) -> tuple[bool, bool]:
+        """(out of time, checkpoint due), agreed by all ranks; checked at log boundaries only."""
+        if self.step % self.cfg.log_every:
+            return False, False
+        now = time.time()
+        flags = torch.tensor([self.cfg.max_minutes is not None and now - t0 > self.cfg.max_minutes * 60,
+                              now - last_ckpt > self.cfg.checkpoint_every_s], dtype=torch.int32, device=self.device)
+        if self.ddp:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def fit(self, batch_fn: Callable[[int], object], step_fn: Callable, eval_fn: Callable | None = None,
+            eval_every: int | None = None) -> bool:
+        """Train until total_steps (True) or until the time budget runs out (False); always checkpointed."""
+        cfg, t0, last_ckpt = self.cfg, time.time(), time.time()
+        bar = tqdm(total=cfg.total_steps, initial=self.step, disable=not (cfg.progress and is_main_process()),
+                   dynamic_ncols=True, mininterval=2.0)
+        self.net.train()
+        acc: dict = {}
+        while self.step < cfg.total_steps:
+            if self.lr_at is not None:
+                for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+                    g["lr"] = base * self.lr_at(self.step)
+            batch = batch_fn(self.step)
+            with self.autocast():
+                loss, logs = step_fn(self.net, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.clip_grad:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.optimizer.step()
+            self.step += 1
+            bar.update(1)
+            for k, v in {"loss": loss, **logs}.items():
+                acc.setdefault(k, []).append(v.detach() if isinstance(v, torch.Tensor) else v)
+            if self.step % cfg.log_every == 0 or self.step == cfg.total_steps:
+                means = {k: float(torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in v]).mean()) for k, v in acc.items()}
+                means["lr"] = self.optimizer.param_groups[0]["lr"]
+                self.log(means)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in means.items() if k != "lr"}, refresh=False)
+                acc = {}
+            if eval_fn is not None and eval_every and (self.step % eval_every == 0 or self.step == cfg.total_steps):
+                self.net.eval()
+                with torch.no_grad(), self.autocast():
+                    self.log(eval_fn(self.model, self.step), prefix="val")
+                self.net.train()
+            out_of_time, due = self._decide(t0, last_ckpt)
+            if out_of_time or due:
+                self.save()
+                last_ckpt = time.time()
+            if out_of_time:
+                bar.close()
+                return False
+        bar.close()
+        self.save()
+        return True

@@ -1,0 +1,39 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+KODAK = SHARED / "kodak"
+IMAGENETTE = SHARED / "imagenette2-224"
+
+
+def needs(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
+
+
+@pytest.fixture(scope="session")
+def kodak_crop() -> np.ndarray:
+    """A real photo: a 96x128 crop of kodim23 (uint8 HxWx3)."""
+    from nodecode.data.images import load_image
+    if not KODAK.exists():
+        pytest.skip("../shared/datasets/kodak not present")
+    return load_image(KODAK / "kodim23.png")[200:296, 300:428].copy()
+
+
+@pytest.fixture(scope="session")
+def small_codec():
+    """An untrained C=8 codec with tables fitted to its own symbols on a real image."""
+    from nodecode.codec import CodecConfig, CompressionModel
+    from nodecode.data.images import load_image, to_tensor
+    torch.manual_seed(0)
+    model = CompressionModel(CodecConfig("test8", channels=8)).eval()
+    img = load_image(KODAK / "kodim01.png")[:128, :128] if KODAK.exists() else np.random.default_rng(0).integers(0, 255, (128, 128, 3), dtype=np.uint8)
+    z = model.encode_symbols(to_tensor(img))
+    counts = torch.nn.functional.one_hot(z, 6).sum(dim=(0, 2, 3)).numpy()
+    model.set_tables_from_counts(counts)
+    return model
