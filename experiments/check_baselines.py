@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from collections import defaultdict
 
 import numpy as np
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     """Print codec x target-bpp rows: mean real bpp, PSNR, SSIM, MS-SSIM, and seconds per image."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bpp", type=float, nargs="+", default=[0.0983, 0.33, 0.635])
-    ap.add_argument("--root", default="/work/shared/datasets/kodak")
+    ap.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "kodak"))
     ap.add_argument("--codecs", nargs="+", default=list(CLASSICAL_CODECS), choices=CLASSICAL_CODECS)
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (0: all)")
     args = ap.parse_args(argv)

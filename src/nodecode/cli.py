@@ -11,7 +11,7 @@ def _train_codec(a):
     train_codec(CodecTrainConfig(
         data=a.data, out=a.out, name=a.name or f"c{a.channels}", channels=a.channels, num_centers=a.num_centers,
         beta=a.beta, target_entropy=a.target_entropy, lr=a.lr, batch_size=a.batch_size, crop=a.crop,
-        steps=a.steps, max_minutes=a.max_minutes, init=a.init, val_data=a.val_data, cache_dir=a.cache_dir,
+        tile=a.tile, steps=a.steps, max_minutes=a.max_minutes, init=a.init, val_data=a.val_data, cache_dir=a.cache_dir,
         device=a.device, seed=a.seed))
 
 
@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--lr", type=float, default=1e-3)
     tc.add_argument("--batch-size", type=int, default=32)
     tc.add_argument("--crop", type=int, default=160)
+    tc.add_argument("--tile", type=int, default=224, help="images are cut into tiles of this size, crops taken from them")
     tc.add_argument("--steps", type=int, default=20000)
     tc.add_argument("--max-minutes", type=float, default=None, help="stop and checkpoint after this long; rerun resumes")
     tc.add_argument("--init", default=None, help="fine-tune from this codec (bundled name or path)")

@@ -14,6 +14,7 @@ from nodecode.codec.autoencoder import CodecConfig, CompressionModel
 from nodecode.codec.entropy import rate_loss
 from nodecode.codec.zoo import load_codec, save_codec
 from nodecode.data.tiles import load_tiles, random_crops
+from nodecode.errors import NodecodeError
 from nodecode.tasks.engine import Engine, EngineConfig
 from nodecode.utils import pick_device, provenance, write_json
 
@@ -30,6 +31,7 @@ class CodecTrainConfig:
     lr: float = 1e-3
     batch_size: int = 32
     crop: int = 160
+    tile: int = 224                # images are cut into tile x tile pieces (kept on the device); crops come from those
     steps: int = 20000
     lr_decay_at: float = 0.8       # lr x0.1 for the last 20% of steps
     max_minutes: float | None = None
@@ -81,8 +83,10 @@ def train_codec(cfg: CodecTrainConfig) -> Path:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    tiles = load_tiles(cfg.data, cache_dir=cfg.cache_dir).to(device)
-    val = load_tiles(cfg.val_data, cache_dir=cfg.cache_dir, limit=256).to(device) if cfg.val_data else tiles[:64]
+    tiles = load_tiles(cfg.data, tile=cfg.tile, cache_dir=cfg.cache_dir).to(device)
+    if len(tiles) == 0 or cfg.crop > cfg.tile:
+        raise NodecodeError(f"no training tiles: need images of at least {cfg.tile}x{cfg.tile} and --crop <= --tile")
+    val = load_tiles(cfg.val_data, tile=cfg.tile, cache_dir=cfg.cache_dir, limit=256).to(device) if cfg.val_data else tiles[:64]
     model = CompressionModel(CodecConfig(cfg.name, cfg.channels, cfg.num_centers)).to(device)
     if cfg.init:
         src = load_codec(cfg.init, device).state_dict()

@@ -100,10 +100,13 @@ class Engine:
         return contextlib.nullcontext()
 
     def _decide(self, t0: float, last_ckpt: float) -> tuple[bool, bool]:
-        """(out of time, checkpoint due), agreed by all ranks; checked at log boundaries only."""
+        """(out of time, checkpoint due); under DDP agreed by all ranks at log boundaries only."""
+        now = time.time()
+        if not self.ddp:
+            return (self.cfg.max_minutes is not None and now - t0 > self.cfg.max_minutes * 60,
+                    now - last_ckpt > self.cfg.checkpoint_every_s)
         if self.step % self.cfg.log_every:
             return False, False
-        now = time.time()
         flags = torch.tensor([self.cfg.max_minutes is not None and now - t0 > self.cfg.max_minutes * 60,
                               now - last_ckpt > self.cfg.checkpoint_every_s], dtype=torch.int32, device=self.device)
         if self.ddp:
