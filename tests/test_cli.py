@@ -76,3 +76,11 @@ def test_console_script_exit_code(tmp_path):
     r = subprocess.run([sys.executable, "-m", "nodecode.cli", "decompress", str(tmp_path / "none.ndc"), "-o",
                         str(tmp_path / "o.png")], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("nodecode: error: no such file") and not r.stdout
+
+
+def test_classify_without_classifier_is_one_line(tmp_path, photo, capsys):
+    ndc = tmp_path / "a.ndc"
+    assert main(["compress", str(photo), "-o", str(ndc)]) == 0
+    code = main(["classify", str(ndc), "--classifier", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("nodecode: error: no such classifier") and err.count("\n") == 1

@@ -15,6 +15,30 @@ def _train_codec(a):
         device=a.device, seed=a.seed))
 
 
+def _train_classifier(a):
+    from nodecode.tasks.classification import ClassifierTrainConfig, train_classifier
+    train_classifier(ClassifierTrainConfig(
+        data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, width=a.width, epochs=a.epochs,
+        batch_size=a.batch_size, base_lr=a.lr, webp_bpp=a.webp_bpp, max_per_class=a.max_per_class,
+        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes))
+
+
+def _eval_classifier(a):
+    from nodecode.tasks.classification import evaluate_classifier
+    r = evaluate_classifier(a.checkpoint, a.data, split=a.split, device=a.device, cache_dir=a.cache_dir)
+    print(json.dumps(r, indent=2) if a.json else f"top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} images)")
+
+
+def _classify(a):
+    from nodecode.tasks.inference import classify_files
+    rows = classify_files(a.files, a.classifier, device=a.device, topk=a.topk)
+    if a.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        print(f"{r['path']}: " + ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"]) + f"  [{r['read']}]")
+
+
 def _compress(a):
     from nodecode.codec.files import compress_file
     r = compress_file(a.image, a.output, a.model, a.device or "cpu")
@@ -75,6 +99,42 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--device", default=None)
     tc.add_argument("--seed", type=int, default=0)
     tc.set_defaults(fn=_train_codec)
+
+    tk = t.add_parser("classifier", help="train a (c)ResNet on rgb, decoded, latent or webp inputs (§4.4, App. A.4)")
+    tk.add_argument("--data", required=True, help="folder with train/ and val/ ImageFolders")
+    tk.add_argument("--out", required=True)
+    tk.add_argument("--input", default="latent", choices=["rgb", "decoded", "latent", "webp"])
+    tk.add_argument("--codec", default="c8", help="operating point for decoded/latent (and webp's default bpp)")
+    tk.add_argument("--model", default="cresnet51")
+    tk.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    tk.add_argument("--epochs", type=int, default=28)
+    tk.add_argument("--batch-size", type=int, default=64, help="global batch; lr scales linearly from 0.025 at 64")
+    tk.add_argument("--lr", type=float, default=0.025, help="learning rate at batch 64")
+    tk.add_argument("--webp-bpp", type=float, default=None)
+    tk.add_argument("--max-per-class", type=int, default=None)
+    tk.add_argument("--cache-dir", default=None)
+    tk.add_argument("--max-minutes", type=float, default=None)
+    tk.add_argument("--device", default=None)
+    tk.add_argument("--seed", type=int, default=0)
+    tk.set_defaults(fn=_train_classifier)
+
+    ev = sub.add_parser("eval", help="evaluate a trained network").add_subparsers(dest="what", required=True)
+    ec = ev.add_parser("classifier", help="top-1 / top-5 on a split")
+    ec.add_argument("checkpoint", help="classifier.safetensors or its run folder")
+    ec.add_argument("--data", required=True)
+    ec.add_argument("--split", default="val")
+    ec.add_argument("--cache-dir", default=None)
+    ec.add_argument("--device", default=None)
+    ec.add_argument("--json", action="store_true")
+    ec.set_defaults(fn=_eval_classifier)
+
+    k = sub.add_parser("classify", help="classify .ndc files (no RGB decoding) or images")
+    k.add_argument("files", nargs="+")
+    k.add_argument("--classifier", required=True, help="classifier.safetensors or its run folder")
+    k.add_argument("--topk", type=int, default=5)
+    k.add_argument("--device", default=None)
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(fn=_classify)
 
     c = sub.add_parser("compress", help="image -> .ndc file")
     c.add_argument("image")
