@@ -122,9 +122,12 @@ class CompressionModel(nn.Module):
         """One image (1, 3, H, W) in [0, 1] -> the bytes of a .ndc file."""
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"compress takes one RGB image of shape (1, 3, H, W), got {tuple(x.shape)}")
-        symbols = self.encode_symbols(x)[0].cpu().numpy()
-        header = bitstream.Header(self.config.name, self.fingerprint(), x.shape[2], x.shape[3],
-                                  symbols.shape, self.config.num_centers)
+        return self.pack(self.encode_symbols(x)[0].cpu().numpy(), x.shape[2], x.shape[3])
+
+    def pack(self, symbols: np.ndarray, height: int, width: int) -> bytes:
+        """Symbols (C, h, w) of an image of height x width -> the bytes of a .ndc file."""
+        header = bitstream.Header(self.config.name, self.fingerprint(), height, width, tuple(symbols.shape),
+                                  self.config.num_centers)
         return bitstream.pack(header, bitstream.encode_symbols(symbols, self.tables()))
 
     def read_symbols(self, data: bytes) -> tuple[bitstream.Header, np.ndarray]:

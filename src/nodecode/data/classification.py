@@ -26,19 +26,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
+from nodecode.data.cache import cached_array, pool_map
 from nodecode.data.images import IMAGE_EXTENSIONS, load_image
 from nodecode.errors import NodecodeError
-from nodecode.utils import atomic_path, write_json
+from nodecode.utils import write_json
 
 KINDS = ("rgb", "decoded", "latent", "webp")
 SIZE, RESIZE = 224, 256
@@ -109,25 +108,6 @@ def _load_one(args) -> np.ndarray:
     return prepare_image(load_image(path), size).transpose(2, 0, 1)
 
 
-def _pool_map(fn: Callable, jobs: list, workers: int | None) -> list:
-    workers = workers or min(16, os.cpu_count() or 1)
-    if workers > 1 and len(jobs) > 64:
-        with ProcessPoolExecutor(workers) as ex:
-            return list(ex.map(fn, jobs, chunksize=32))
-    return [fn(j) for j in jobs]
-
-
-def _cached(path: Path | None, make: Callable[[], np.ndarray]) -> np.ndarray:
-    """np.load(path) if it exists, else make() and save it atomically (no caching when path is None)."""
-    if path is not None and path.exists():
-        return np.load(path)
-    arr = make()
-    if path is not None:
-        with atomic_path(path) as tmp:
-            np.save(tmp, arr)
-    return arr
-
-
 def cache_folder(folder: ImageFolder, cache_dir: str | os.PathLike | None, size: int = SIZE) -> Path | None:
     return Path(cache_dir) / f"imagefolder-{folder.key(size)}" if cache_dir else None
 
@@ -135,10 +115,10 @@ def cache_folder(folder: ImageFolder, cache_dir: str | os.PathLike | None, size:
 def load_rgb(folder: ImageFolder, cache_dir=None, size: int = SIZE, workers: int | None = None) -> torch.Tensor:
     """Every image of the folder decoded once: uint8 (N, 3, size, size), cached as rgb.npy."""
     d = cache_folder(folder, cache_dir, size)
-    arr = _cached(d / "rgb.npy" if d else None,
-                  lambda: np.stack(_pool_map(_load_one, [(str(f), size) for f in folder.files], workers)))
+    arr = cached_array(d / "rgb.npy" if d else None,
+                  lambda: np.stack(pool_map(_load_one, [(str(f), size) for f in folder.files], workers)))
     if d is not None and not (d / "folder.json").exists():
-        _cached(d / "labels.npy", lambda: folder.labels)
+        cached_array(d / "labels.npy", lambda: folder.labels)
         files = [str(f.relative_to(folder.root)) for f in folder.files]
         write_json(d / "folder.json", {"root": str(folder.root.resolve()), "classes": folder.classes,
                                        "names": folder.names, "files": files})
@@ -179,11 +159,7 @@ def decode_symbols(codec, symbols: np.ndarray, size: tuple[int, int], batch: int
 
 def ndc_bpp(codec, symbols: np.ndarray, height: int, width: int) -> np.ndarray:
     """Real .ndc file size in bits per pixel of each image's symbols (header, ANS words and CRC included)."""
-    from nodecode.codec import bitstream
-    fp, L, tables = codec.fingerprint(), codec.config.num_centers, codec.tables()
-    head = bitstream.Header(codec.config.name, fp, height, width, tuple(symbols.shape[1:]), L)
-    return np.array([len(bitstream.pack(head, bitstream.encode_symbols(z, tables))) * 8 / (height * width)
-                     for z in symbols])
+    return np.array([len(codec.pack(z, height, width)) * 8 / (height * width) for z in symbols])
 
 
 def _webp_one(args):
@@ -209,17 +185,17 @@ def load_inputs(folder: ImageFolder, kind: str, codec=None, webp_bpp: float | No
         info_path = d / f"{tag}.json" if d else None
         if info_path is not None and info_path.exists() and (d / f"{tag}.npy").exists():
             return torch.from_numpy(np.load(d / f"{tag}.npy")), json.loads(info_path.read_text())
-        parts = _pool_map(_webp_one, [(x, webp_bpp) for x in rgb.numpy()], workers)
+        parts = pool_map(_webp_one, [(x, webp_bpp) for x in rgb.numpy()], workers)
         arr = np.stack([p[0] for p in parts])
         info = {"bpp": float(np.mean([p[1] for p in parts])), "target_bpp": webp_bpp}
         if d is not None:
-            _cached(d / f"{tag}.npy", lambda: arr)
+            cached_array(d / f"{tag}.npy", lambda: arr)
             write_json(info_path, info)
         return torch.from_numpy(arr), info
     if codec is None:
         raise NodecodeError(f"the {kind} input kind needs a codec")
     tag = f"{codec.config.name}-{codec.fingerprint().hex()}"
-    sym = _cached(d / f"latent-{tag}.npy" if d else None, lambda: encode_symbols(codec, rgb, batch))
+    sym = cached_array(d / f"latent-{tag}.npy" if d else None, lambda: encode_symbols(codec, rgb, batch))
     info_path = d / f"latent-{tag}.json" if d else None
     if info_path is not None and info_path.exists():
         info = json.loads(info_path.read_text())
@@ -229,7 +205,7 @@ def load_inputs(folder: ImageFolder, kind: str, codec=None, webp_bpp: float | No
             write_json(info_path, info)
     if kind == "latent":
         return torch.from_numpy(sym), info
-    dec = _cached(d / f"decoded-{tag}.npy" if d else None,
+    dec = cached_array(d / f"decoded-{tag}.npy" if d else None,
                   lambda: decode_symbols(codec, sym, tuple(rgb.shape[2:]), batch))
     return torch.from_numpy(dec), info
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nodecode.data.cache import cached_array, pool_map
 from nodecode.data.images import list_images, load_image
 
 
@@ -30,22 +30,7 @@ def load_tiles(root: str | os.PathLike, tile: int = 224, cache_dir: str | os.Pat
     files = list_images(root)[:limit]
     key = hashlib.sha1(f"{Path(root).resolve()}|{tile}|{len(files)}|{files[-1].name}".encode()).hexdigest()[:12]
     cache = Path(cache_dir) / f"tiles-{key}.npy" if cache_dir else None
-    if cache is not None and cache.exists():
-        arr = np.load(cache)
-    else:
-        workers = workers or min(16, os.cpu_count() or 1)
-        jobs = [(str(f), tile) for f in files]
-        if workers > 1 and len(jobs) > 64:
-            with ProcessPoolExecutor(workers) as ex:
-                parts = list(ex.map(_tiles_of, jobs, chunksize=64))
-        else:
-            parts = [_tiles_of(j) for j in jobs]
-        arr = np.concatenate(parts)
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, cache)
+    arr = cached_array(cache, lambda: np.concatenate(pool_map(_tiles_of, [(str(f), tile) for f in files], workers, 64)))
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
