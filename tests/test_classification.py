@@ -223,3 +223,26 @@ def test_classify_ndc_files_without_decoding(folder, cache, tmp_path, monkeypatc
     assert len(a["top"]) == 3 and a["label"] in CLASSES and sum(t["prob"] for t in a["top"]) == pytest.approx(1.0)
     assert [t["class"] for t in a["top"]] == [t["class"] for t in b["top"]]
     assert [t["prob"] for t in a["top"]] == pytest.approx([t["prob"] for t in b["top"]], abs=1e-5)
+
+
+def test_bundled_classifier_is_fp16_and_picked_by_the_files_point(folder, cache, tmp_path, monkeypatch, capsys):
+    """save_classifier(half=True) is what ships; without --classifier a .ndc goes to its own point's classifier."""
+    import nodecode.tasks.classification as cls
+    from nodecode.cli import main
+    train_classifier(small_cfg(folder, cache, tmp_path / "run", epochs=1))
+    model, meta = load_classifier(tmp_path / "run")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    save_classifier(model, weights / "classifier-c8.safetensors", meta, half=True)
+    stored = load_file(str(weights / "classifier-c8.safetensors"))
+    assert all(v.dtype == torch.float16 for k, v in stored.items() if v.is_floating_point())
+    monkeypatch.setattr(cls, "WEIGHTS_DIR", weights)
+    img = sorted((folder / "val" / CLASSES[1]).iterdir())[0]
+    compress_file(img, tmp_path / "a.ndc", load_codec("c8"))
+    full, = classify_files([tmp_path / "a.ndc"], tmp_path / "run")
+    half, = classify_files([tmp_path / "a.ndc"])
+    assert half["classifier"].endswith("classifier-c8.safetensors") and half["label"] == full["label"]
+    assert [t["prob"] for t in half["top"]] == pytest.approx([t["prob"] for t in full["top"]], abs=2e-2)
+    compress_file(img, tmp_path / "b.ndc", load_codec("c16"))
+    assert main(["classify", str(tmp_path / "b.ndc")]) == 2              # no bundled c16 classifier here
+    assert capsys.readouterr().err.startswith("nodecode: error: no bundled classifier for 'c16'")

@@ -33,12 +33,20 @@ PAPER = {  # Table 2: top-5 / top-1 on ImageNet
 
 
 def rows() -> list[tuple[str, str, str]]:
+    """Table 2's rows (the ones segmentation needs as backbones first), then the WebP rows."""
     out = [("none", "rgb", "resnet50")]
     for p in ("c8", "c16", "c32"):
-        out += [(p, "decoded", "resnet50"), (p, "latent", "cresnet51"), (p, "latent", "cresnet39"), (p, "webp", "resnet50")]
+        out += [(p, "decoded", "resnet50"), (p, "latent", "cresnet51"), (p, "latent", "cresnet39")]
         if p == "c8":
             out += [(p, "decoded", "resnet71"), (p, "latent", "cresnet72")]
-    return out
+    return out + [(p, "webp", "resnet50") for p in ("c8", "c16", "c32")]
+
+
+BUNDLED_WIDTH = 0.25  # the bundled classifiers: cResNet-51 at a quarter of the width, one per operating point
+
+
+def bundled_key(point: str) -> str:
+    return f"bundled-{point}-latent-cresnet51-w{BUNDLED_WIDTH}"
 
 
 def key(point, kind, model, seed) -> str:
@@ -56,42 +64,63 @@ def needs_more_seeds(done: dict) -> set:
     return close
 
 
-def run(a) -> None:
+def _train(a, k, point, kind, model, seed, width, left) -> dict | None:
     from nodecode.tasks.classification import ClassifierTrainConfig, train_classifier
-    done = json.loads(Path(a.done).read_text()) if a.done and Path(a.done).exists() else {}
-    out = Path(os.environ.get("OUT", a.out))
+    run_dir = Path(a.runs) / k
+    train_classifier(ClassifierTrainConfig(
+        data=a.data, out=str(run_dir), model=model, input=kind, codec=point if point != "none" else "c8",
+        epochs=a.epochs, batch_size=a.batch_size, width=width, cache_dir=a.cache, seed=seed, max_minutes=left - 0.5,
+        max_per_class=a.limit, progress=False))
+    if not (run_dir / "summary.json").exists():
+        return None
+    s = json.loads((run_dir / "summary.json").read_text())
+    curve = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
+    return {"point": point, "input": kind, "model": model, "seed": seed, "width": width, "val": s["val"],
+            "minutes": s["minutes"], "device": s["device"], "input_info": s.get("input_info"),
+            "curve": [{"epoch": r["epoch"], "top1": r["top1"], "top5": r["top5"]} for r in curve if r["split"] == "val"]}
+
+
+def _export_bundled(a, point: str, out: Path) -> None:
+    """The narrow classifier, fp16, as it ships in src/nodecode/weights/classifier-<point>.safetensors."""
+    from nodecode.tasks.classification import load_classifier, save_classifier
+    model, meta = load_classifier(Path(a.runs) / bundled_key(point), "cpu")
+    save_classifier(model, out / f"classifier-{point}.safetensors", meta, half=True)
+
+
+def run(a) -> None:
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    done_path = out / "runs.json"
+    done = json.loads(done_path.read_text()) if done_path.exists() else {}
+    if a.done and Path(a.done).exists():
+        done = {**json.loads(Path(a.done).read_text()), **done}
     t0 = time.time()
-    queue = [(r, 0) for r in rows()]
+    main_rows = [r for r in rows() if r[1] != "webp"]
+    queue = [(r, 0, None) for r in main_rows] + [((p, "latent", "cresnet51"), 0, BUNDLED_WIDTH) for p in ("c8", "c16", "c32")]
+    queue += [(r, 0, None) for r in rows() if r[1] == "webp"]
+    extra_added = False
     while queue:
-        (point, kind, model), seed = queue.pop(0)
-        k = key(point, kind, model, seed)
+        (point, kind, model), seed, width = queue.pop(0)
+        k = key(point, kind, model, seed) if width is None else bundled_key(point)
         left = a.budget_minutes - (time.time() - t0) / 60
-        if k in done:
-            pass
-        elif left < 1.0:
-            print(f"budget spent; next: {k}")
-            break
-        else:
-            run_dir = Path(a.runs) / k
-            train_classifier(ClassifierTrainConfig(
-                data=a.data, out=str(run_dir), model=model, input=kind, codec=point if point != "none" else "c8",
-                epochs=a.epochs, batch_size=a.batch_size, width=a.width, cache_dir=a.cache, seed=seed, max_minutes=left - 0.5,
-                progress=False))
-            if (run_dir / "summary.json").exists():
-                s = json.loads((run_dir / "summary.json").read_text())
-                curve = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
-                done[k] = {"point": point, "input": kind, "model": model, "seed": seed, "val": s["val"],
-                           "minutes": s["minutes"], "device": s["device"], "input_info": s.get("input_info"),
-                           "curve": [{"epoch": r["epoch"], "top1": r["top1"], "top5": r["top5"]}
-                                     for r in curve if r["split"] == "val"]}
-                (out / "runs.json").write_text(json.dumps(done, indent=1))
-        if not queue and seed == 0:
-            queue = [(r, s) for s in (1, 2) for r in rows() if r in needs_more_seeds(done)]
-    (out / "runs.json").write_text(json.dumps(done, indent=1))
-    print(f"{len(done)} runs finished")
+        if k not in done:
+            if left < 1.0:
+                print(f"budget spent; next: {k}")
+                break
+            r = _train(a, k, point, kind, model, seed, width or a.width, left)
+            if r is not None:
+                done[k] = r
+                if width is not None:
+                    _export_bundled(a, point, out)
+                done_path.write_text(json.dumps(done, indent=1))
+        if not queue and not extra_added:
+            extra_added = True
+            queue = [(r, s, None) for s in (1, 2) for r in rows() if r in needs_more_seeds(done)]
+    done_path.write_text(json.dumps(done, indent=1))
+    print(f"{len(done)} runs finished, {(time.time() - t0) / 60:.1f} min this call")
+    print("| run | top-1 | top-5 | minutes | device |\n|---|---:|---:|---:|---|")
     for k, r in done.items():
-        print(f"| {k} | top-1 {100 * r['val']['top1']:.2f} | top-5 {100 * r['val']['top5']:.2f} | {r['minutes']:.1f} min |")
+        print(f"| {k} | {100 * r['val']['top1']:.2f} | {100 * r['val']['top5']:.2f} | {r['minutes']:.1f} | {r['device']} |")
 
 
 def collect(a) -> None:
@@ -102,7 +131,8 @@ def collect(a) -> None:
     dec = {int(r["model"].split("=")[1].rstrip(")")): r["gmacs"] for r in codec_rows() if r["model"].startswith("decoder")}
     table = []
     for point, kind, model in rows():
-        runs = [r for r in done.values() if (r["point"], r["input"], r["model"]) == (point, kind, model)]
+        runs = [r for k, r in done.items() if not k.startswith("bundled-")
+                and (r["point"], r["input"], r["model"]) == (point, kind, model)]
         if not runs:
             continue
         c = int(point[1:]) if point != "none" else 8
@@ -112,12 +142,21 @@ def collect(a) -> None:
                       "top1_std": float(np.std(t1)), "gmacs": g, "gmacs_with_decoder": g + dec[c] if kind == "decoded" else g,
                       "seeds": len(runs), "paper_top5_top1": PAPER.get((point, kind, model)),
                       "minutes": float(np.mean([r["minutes"] for r in runs])), "device": runs[0]["device"]})
-    (res / "imagenette.json").write_text(json.dumps({"rows": table}, indent=1) + "\n")
     lines = ["| point | input | model | top-1 | top-5 | seeds | GMACs | paper top-1 / top-5 (ImageNet) |", "|---|---|---|---:|---:|---:|---:|---|"]
     for r in table:
         p = r["paper_top5_top1"]
         lines.append(f"| {r['point']} | {r['input']} | {r['model']} | {r['top1']:.2f} ± {r['top1_std']:.2f} | {r['top5']:.2f} | "
                      f"{r['seeds']} | {r['gmacs']:.2f} | {f'{p[1]} / {p[0]}' if p else '–'} |")
+    bundled = []
+    for point in ("c8", "c16", "c32"):
+        r = done.get(bundled_key(point))
+        if r:
+            g = model_gmacs("cresnet51", 28, int(point[1:]), 10, width=BUNDLED_WIDTH)[0]
+            bundled.append({"point": point, "model": f"cresnet51 (width {BUNDLED_WIDTH})", "top1": 100 * r["val"]["top1"],
+                            "top5": 100 * r["val"]["top5"], "gmacs": g, "minutes": r["minutes"], "device": r["device"]})
+            lines.append(f"| {point} | latent | cresnet51 width {BUNDLED_WIDTH} (bundled) | {bundled[-1]['top1']:.2f} | "
+                         f"{bundled[-1]['top5']:.2f} | 1 | {g:.3f} | – |")
+    (res / "imagenette.json").write_text(json.dumps({"rows": table, "bundled": bundled}, indent=1) + "\n")
     (res / "imagenette.md").write_text("\n".join(lines) + "\n")
     plots(done, table, res)
     print("\n".join(lines))
@@ -155,11 +194,13 @@ def main():
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--cache", default="/root/cache")
     ap.add_argument("--runs", default="/root/cls")
-    ap.add_argument("--out", default="out")
-    ap.add_argument("--done", default=str(ROOT / "results" / "classification" / "runs.json"))
+    ap.add_argument("--out", default="/root/results/classification", help="runs.json and bundled weights (run)")
+    ap.add_argument("--done", default=str(ROOT / "results" / "classification" / "runs.json"),
+                    help="run: finished runs to skip; collect: the runs.json to tabulate")
     ap.add_argument("--epochs", type=int, default=28)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=256, help="lr scales linearly from 0.025 at 64 (App. A.4)")
     ap.add_argument("--width", type=float, default=1.0, help="< 1 only for smoke tests")
+    ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
     ap.add_argument("--budget-minutes", type=float, default=9.0)
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)

@@ -31,7 +31,7 @@ def _eval_classifier(a):
 
 def _classify(a):
     from nodecode.tasks.inference import classify_files
-    rows = classify_files(a.files, a.classifier, device=a.device, topk=a.topk)
+    rows = classify_files(a.files, a.classifier, device=a.device, topk=a.topk, point=a.codec)
     if a.json:
         print(json.dumps(rows, indent=2))
         return
@@ -65,7 +65,7 @@ def _flops(a):
 
 def _demo(a):
     from nodecode.demo import run_demo
-    run_demo(a.data, a.out, device=a.device)
+    run_demo(a.data, a.out, device=a.device, imagenette=a.imagenette)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="compress images at c8/c16/c32 and compare with JPEG (the main job)")
     d.add_argument("--data", default=None, help="image file or folder (default: photos bundled with scikit-image)")
     d.add_argument("--out", default="nodecode-demo", help="output folder")
+    d.add_argument("--imagenette", default=None,
+                   help="Imagenette folder for the classification part (default: ../shared/datasets/imagenette2-224)")
     d.add_argument("--device", default=None)
     d.set_defaults(fn=_demo)
 
@@ -130,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("classify", help="classify .ndc files (no RGB decoding) or images")
     k.add_argument("files", nargs="+")
-    k.add_argument("--classifier", required=True, help="classifier.safetensors or its run folder")
+    k.add_argument("--classifier", default=None,
+                   help="classifier.safetensors or its run folder (default: the bundled one of each file's point)")
+    k.add_argument("--codec", default="c8", help="operating point whose bundled classifier takes image files")
     k.add_argument("--topk", type=int, default=5)
     k.add_argument("--device", default=None)
     k.add_argument("--json", action="store_true")

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nodecode.codec.files import compress_file
 from nodecode.codec.zoo import OPERATING_POINTS, load_codec
 from nodecode.data.images import list_images, load_image, save_image, to_tensor, to_uint8
 from nodecode.eval.baselines import decode, match_bpp
@@ -14,6 +15,7 @@ from nodecode.eval.metrics import image_metrics
 from nodecode.utils import atomic_path, atomic_write_bytes, pick_device, provenance, write_json
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # ship inside scikit-image
+SHARED_IMAGENETTE = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "imagenette2-224"
 
 
 def default_images() -> list[tuple[str, np.ndarray]]:
@@ -51,7 +53,8 @@ def figure9(name: str, img: np.ndarray, decoded: dict, latents: dict, path: Path
     plt.close(fig)
 
 
-def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | None = None) -> list[dict]:
+def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | None = None,
+             imagenette: str | None = None) -> list[dict]:
     dev = pick_device(device)
     images = default_images() if data is None else [(p.stem, load_image(p)) for p in list_images(data)]
     out_dir = Path(out)
@@ -83,8 +86,9 @@ def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | 
             y = codec.latent(torch.from_numpy(symbols)).numpy()
             latents[point] = (y, np.argsort(-channel_entropies(symbols, codec.config.num_centers), kind="stable"))
         figure9(name, img, decoded, latents, out_dir / f"{name}_fig9.png")
-    write_json(out_dir / "summary.json", {"rows": rows, **provenance("nodecode demo")})
     print(format_demo(rows))
+    classified = classification_demo(out_dir / "imagenette", imagenette, dev)
+    write_json(out_dir / "summary.json", {"rows": rows, "classification": classified, **provenance("nodecode demo")})
     print(f"\nfiles, decoded images and Fig. 9 figures in {out_dir}/")
     return rows
 
@@ -97,3 +101,35 @@ def format_demo(rows: list[dict]) -> str:
         lines.append(f"{r['image']:<10} {r['codec']:<22} {r['bytes']:>7} {r['bpp']:7.4f} {r['psnr']:6.2f} "
                      f"{r['ms_ssim']:8.4f} {enc} {dec}")
     return "\n".join(lines)
+
+
+def classification_demo(out_dir: Path, imagenette: str | None, dev) -> list[dict]:
+    """One Imagenette val image per class -> .ndc at each point -> the bundled classifier of that point (§4)."""
+    from nodecode.data.classification import scan_image_folder
+    from nodecode.tasks.classification import WEIGHTS_DIR
+    from nodecode.tasks.inference import classify_files
+    val = Path(imagenette or SHARED_IMAGENETTE) / "val"
+    points = [p for p in OPERATING_POINTS if (WEIGHTS_DIR / f"classifier-{p}.safetensors").exists()]
+    if not val.is_dir() or not points:
+        print(f"\nclassification skipped: {'no Imagenette val folder at ' + str(val) if points else 'no bundled classifier'}")
+        return []
+    folder = scan_image_folder(val)
+    first = {int(y): p for p, y in reversed(list(zip(folder.files, folder.labels)))}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    codecs = {p: load_codec(p, dev) for p in points}
+    files = {(y, p): out_dir / f"{Path(path).stem}_{p}.ndc" for y, path in first.items() for p in points}
+    for (y, p), ndc in files.items():
+        compress_file(first[y], ndc, codecs[p])
+    preds = dict(zip(files, classify_files(list(files.values()), device=dev, topk=1)))  # symbols only: no decoder
+    rows = [{"image": Path(path).name, "true": folder.names[y],
+             "predicted": {p: {"name": preds[y, p]["name"], "prob": preds[y, p]["top"][0]["prob"],
+                               "bpp": files[y, p].stat().st_size * 8 / 224**2} for p in points}}
+            for y, path in sorted(first.items())]
+    print(f"\nclassification from .ndc files (bundled cResNet-51 width 0.25 per point, no RGB decoding):")
+    print(f"{'image':<29} {'true class':<18} " + " ".join(f"{p:<26}" for p in points))
+    for r in rows:
+        print(f"{r['image']:<29} {r['true']:<18} " + " ".join(
+            f"{r['predicted'][p]['name'][:17]:<18} {r['predicted'][p]['prob']:.2f}   " for p in points))
+    acc = {p: sum(r["predicted"][p]["name"] == r["true"] for r in rows) for p in points}
+    print("correct: " + ", ".join(f"{p} {acc[p]}/{len(rows)}" for p in points))
+    return rows

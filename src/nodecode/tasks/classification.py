@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from nodecode.codec.zoo import load_codec
+from nodecode.codec.zoo import WEIGHTS_DIR, load_codec
 from nodecode.data.augment import Batches, InputPipeline
 from nodecode.data.classification import channel_mean, load_inputs, scan_image_folder
 from nodecode.errors import NodecodeError
@@ -106,17 +106,26 @@ def evaluate(model: torch.nn.Module, data: torch.Tensor, labels: torch.Tensor, p
             "n": int(sums[-1])}
 
 
-def save_classifier(model: torch.nn.Module, path: str | Path, meta: dict) -> None:
-    """fp32 weights as safetensors, `meta` in its header and as JSON beside it."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_classifier(model: torch.nn.Module, path: str | Path, meta: dict, half: bool = False) -> None:
+    """Weights as safetensors (fp16 floats if `half`, for bundling), `meta` in its header and as JSON beside it."""
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
     write_json(path.with_suffix(".json"), meta)
 
 
+def bundled_classifier(point: str) -> Path:
+    """The bundled Imagenette classifier for an operating point (a narrow cResNet-51 on its latent)."""
+    path = WEIGHTS_DIR / f"classifier-{point}.safetensors"
+    if not path.is_file():
+        raise NodecodeError(f"no bundled classifier for '{point}' in {WEIGHTS_DIR}; pass --classifier")
+    return path
+
+
 def load_classifier(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, meta) from classifier.safetensors or a run folder holding it."""
+    """(model in eval mode, fp32, meta) from classifier.safetensors or a run folder holding it."""
     path = Path(path)
     path = path / "classifier.safetensors" if path.is_dir() else path
     if not path.is_file():

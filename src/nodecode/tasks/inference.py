@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
-from nodecode.codec.files import codec_for
+from nodecode.codec.bitstream import read_header
+from nodecode.codec.files import codec_for, read_ndc
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
 from nodecode.data.classification import exact_fp32, prepare_image
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
-from nodecode.tasks.classification import load_classifier, needs_codec
+from nodecode.tasks.classification import bundled_classifier, load_classifier, needs_codec
 
 
 def _input(path: Path, kind: str, codec, dev) -> tuple[torch.Tensor, str]:
@@ -45,21 +46,36 @@ def _input(path: Path, kind: str, codec, dev) -> tuple[torch.Tensor, str]:
         return x_hat.mul(255).round().to(torch.uint8), "image-decoded"
 
 
+def _checkpoint_for(path: Path, checkpoint, point: str) -> str:
+    """The given checkpoint, else the bundled classifier of the file's operating point (.ndc header) or `point`."""
+    if checkpoint is not None:
+        return str(checkpoint)
+    if path.suffix.lower() == ".ndc":
+        point = read_header(read_ndc(path)).model
+    return str(bundled_classifier(point))
+
+
 @torch.no_grad()
-def classify_files(paths: list[str | os.PathLike], checkpoint: str | os.PathLike, device=None,
-                   topk: int = 5) -> list[dict]:
-    """For each file: {"path", "read", "label", "name", "top": [{"class", "name", "prob"}, ...]} (top-k by softmax)."""
-    model, meta = load_classifier(checkpoint, device)
-    dev = next(model.parameters()).device
-    kind = meta["input"]
-    codec = load_codec(meta["codec"], dev) if needs_codec(kind) else None
-    pipe = InputPipeline(kind, torch.tensor(meta["mean"]), codec)
+def classify_files(paths: list[str | os.PathLike], checkpoint: str | os.PathLike | None = None, device=None,
+                   topk: int = 5, point: str = "c8") -> list[dict]:
+    """For each file: {"path", "read", "label", "name", "top": [{"class", "name", "prob"}, ...]} (top-k by softmax).
+
+    Without `checkpoint`, each file goes to the bundled classifier of its operating point (images: `point`)."""
+    loaded: dict[str, tuple] = {}
     results = []
     for p in map(Path, paths):
-        x, how = _input(p, kind, codec, dev)
+        ckpt = _checkpoint_for(p, checkpoint, point)
+        if ckpt not in loaded:
+            model, meta = load_classifier(ckpt, device)
+            dev = next(model.parameters()).device
+            codec = load_codec(meta["codec"], dev) if needs_codec(meta["input"]) else None
+            loaded[ckpt] = (model, meta, codec, InputPipeline(meta["input"], torch.tensor(meta["mean"]), codec), dev)
+        model, meta, codec, pipe, dev = loaded[ckpt]
+        x, how = _input(p, meta["input"], codec, dev)
         prob = torch.softmax(model(pipe(x.to(dev))).float(), dim=1)[0].cpu()
         val, idx = prob.topk(min(topk, len(prob)))
         top = [{"class": meta["classes"][i], "name": meta["class_names"][i], "prob": float(v)}
                for v, i in zip(val.tolist(), idx.tolist())]
-        results.append({"path": str(p), "read": how, "label": top[0]["class"], "name": top[0]["name"], "top": top})
+        results.append({"path": str(p), "read": how, "classifier": ckpt, "label": top[0]["class"],
+                        "name": top[0]["name"], "top": top})
     return results

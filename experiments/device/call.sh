@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One call of a GPU session (see experiments/device/README.md): install the carried wheels, unpack the carried
+# dataset shards into /root/data, run the named stages in order under one time budget (each stage resumes from
+# its state under /root and stops cleanly before the budget), then pack /root/results into $OUT/results.tar.
+#   BUDGET_MIN=9 bash experiments/device/call.sh cls seg speed joint
+set -u
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  || { echo "wheel install failed"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+mkdir -p /root/data /root/results/logs
+for t in .device-data/*.tar; do [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"; done
+end=$(python3 -c "import time; print(time.time() + 60 * ${BUDGET_MIN:-9})")
+left() { python3 -c "import time; print(f'{($end - time.time()) / 60:.2f}')"; }
+n=$(ls /root/results/logs | wc -l)
+for stage in "$@"; do
+  m=$(left)
+  if python3 -c "import sys; sys.exit(float('$m') > 0.7)"; then echo "no time left for $stage"; continue; fi
+  echo "=== $stage with $m minutes ($(date -u +%T))"
+  case $stage in
+    cls)   cmd=(python3 experiments/classification/table2.py run --budget-minutes "$m") ;;
+    seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m") ;;
+    speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m") ;;
+    joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m") ;;
+    *)     echo "unknown stage $stage"; continue ;;
+  esac
+  "${cmd[@]}" 2>&1 | tee "/root/results/logs/$(printf %02d "$n")-$stage.log"
+  n=$((n + 1))
+done
+nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
+tar -cf "$OUT/results.tar" -C /root results && ls -la "$OUT"
