@@ -28,7 +28,8 @@ def _train_joint(a):
     train_joint(JointTrainConfig(
         data=a.data, out=a.out, codec=a.codec, classifier=None if a.codec_only else a.classifier, gamma=a.gamma,
         beta=a.beta, target_entropy=a.target_entropy, epochs=a.epochs, batch_size=a.batch_size, base_lr=a.lr,
-        max_per_class=a.max_per_class, cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes))
+        image_size=a.image_size, max_per_class=a.max_per_class, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
+        max_minutes=a.max_minutes))
 
 
 def _eval_classifier(a):
@@ -140,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--epochs", type=float, default=9)
     tj.add_argument("--batch-size", type=int, default=64)
     tj.add_argument("--lr", type=float, default=0.0025, help="learning rate at batch 64 (÷10 at epochs 3 and 6)")
+    tj.add_argument("--image-size", type=int, default=224, help="images are decoded to this square (224: Imagenette-224)")
     tj.add_argument("--max-per-class", type=int, default=None)
     tj.add_argument("--cache-dir", default=None)
     tj.add_argument("--max-minutes", type=float, default=None)
