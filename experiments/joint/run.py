@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -155,6 +156,11 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
     ok = all(r.stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k)) for row, c, k in (
         ("baseline", point, base["classifier"]), ("compression_ft", ft["codec"], more["classifier"]),
         ("joint_ft", joint["codec"], joint["classifier"])))
+    if ok and seed == 0:  # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
+        for ext in (".safetensors", ".json"):
+            dst = r.out / "weights" / f"{point}-joint{ext}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / f"joint-s{seed}" / f"codec{ext}", dst)
     if ok and a.segmentation and seed == 0 and importlib.util.find_spec("nodecode.tasks.segmentation") is None:
         print("segmentation skipped: nodecode.tasks.segmentation is not there", flush=True)
     elif ok and a.segmentation and seed == 0:
