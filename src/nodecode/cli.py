@@ -20,7 +20,16 @@ def _train_classifier(a):
     train_classifier(ClassifierTrainConfig(
         data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, width=a.width, epochs=a.epochs,
         batch_size=a.batch_size, base_lr=a.lr, webp_bpp=a.webp_bpp, max_per_class=a.max_per_class,
-        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes))
+        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes, init=a.init))
+
+
+def _train_joint(a):
+    from nodecode.tasks.joint import JointTrainConfig, train_joint
+    train_joint(JointTrainConfig(
+        data=a.data, out=a.out, codec=a.codec, classifier=None if a.codec_only else a.classifier, gamma=a.gamma,
+        beta=a.beta, target_entropy=a.target_entropy, epochs=a.epochs, batch_size=a.batch_size, base_lr=a.lr,
+        image_size=a.image_size, max_per_class=a.max_per_class, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
+        max_minutes=a.max_minutes))
 
 
 def _eval_classifier(a):
@@ -114,11 +123,33 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--lr", type=float, default=0.025, help="learning rate at batch 64")
     tk.add_argument("--webp-bpp", type=float, default=None)
     tk.add_argument("--max-per-class", type=int, default=None)
+    tk.add_argument("--init", default=None, help="start from this classifier checkpoint")
     tk.add_argument("--cache-dir", default=None)
     tk.add_argument("--max-minutes", type=float, default=None)
     tk.add_argument("--device", default=None)
     tk.add_argument("--seed", type=int, default=0)
     tk.set_defaults(fn=_train_classifier)
+
+    tj = t.add_parser("joint", help="fine-tune codec and cResNet jointly with Eq. 2 (§6, App. A.8)")
+    tj.add_argument("--data", required=True, help="folder with train/ and val/ ImageFolders")
+    tj.add_argument("--out", required=True, help="run folder: checkpoints, codec.safetensors, classifier.safetensors")
+    tj.add_argument("--codec", default="c8", help="starting codec (bundled name or path)")
+    group = tj.add_mutually_exclusive_group(required=True)
+    group.add_argument("--classifier", help="starting latent classifier (classifier.safetensors or its run folder)")
+    group.add_argument("--codec-only", action="store_true", help="the §6.1 control: same loss minus CE, codec only")
+    tj.add_argument("--gamma", type=float, default=0.001, help="γ of Eq. 2")
+    tj.add_argument("--beta", type=float, default=None, help="β (default: App. A.8, 600 at c8, 150 at c32)")
+    tj.add_argument("--target-entropy", type=float, default=None, help="Ht (default: the starting codec's)")
+    tj.add_argument("--epochs", type=float, default=9)
+    tj.add_argument("--batch-size", type=int, default=64)
+    tj.add_argument("--lr", type=float, default=0.0025, help="learning rate at batch 64 (÷10 at epochs 3 and 6)")
+    tj.add_argument("--image-size", type=int, default=224, help="images are decoded to this square (224: Imagenette-224)")
+    tj.add_argument("--max-per-class", type=int, default=None)
+    tj.add_argument("--cache-dir", default=None)
+    tj.add_argument("--max-minutes", type=float, default=None)
+    tj.add_argument("--device", default=None)
+    tj.add_argument("--seed", type=int, default=0)
+    tj.set_defaults(fn=_train_joint)
 
     ev = sub.add_parser("eval", help="evaluate a trained network").add_subparsers(dest="what", required=True)
     ec = ev.add_parser("classifier", help="top-1 / top-5 on a split")

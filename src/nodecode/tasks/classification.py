@@ -40,6 +40,7 @@ class ClassifierTrainConfig:
     model: str = "cresnet51"           # resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent
     input: str = "latent"              # rgb | decoded | latent | webp
     codec: str = "c32"                 # operating point (bundled name or codec path) for decoded/latent (webp: its bpp)
+    init: str | None = None            # start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)
     width: float = 1.0
     epochs: int = 28
     lr_epochs: tuple[int, ...] = (8, 16, 24)
@@ -182,6 +183,12 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
 
     model = create_model(cfg.model, in_channels=train_x.shape[1], num_classes=len(train_f.classes),
                          width=cfg.width).to(device)
+    if cfg.init:
+        src, src_meta = load_classifier(cfg.init, device)
+        if src_meta["model"] != cfg.model or src_meta["in_channels"] != train_x.shape[1] \
+                or src_meta["classes"] != train_f.classes:
+            raise NodecodeError(f"--init {cfg.init} is not a {cfg.model} of these inputs and classes")
+        model.load_state_dict(src.state_dict())
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True

@@ -46,7 +46,11 @@ class CodecTrainConfig:
 
 def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
     """Eq. 1 with the MSE on the 0..255 scale; returns (loss, logs)."""
-    out = model(x)
+    return rate_distortion_loss(model(x), x, beta, target_entropy)
+
+
+def rate_distortion_loss(out: dict, x: torch.Tensor, beta: float, target_entropy: float):
+    """Eq. 1 of a codec forward pass `out` on x in [0, 1]: MSE (0..255 scale) + β·max(H − Ht, 0); (loss, logs)."""
     mse = F.mse_loss(out["x_hat"].float(), x) * 255.0**2
     h = out["entropy"]
     loss = mse + rate_loss(h, target_entropy, beta)

@@ -1,0 +1,291 @@
+"""§6 joint training vs its control (Fig. 7, Fig. 11, App. A.7/A.8) on Imagenette + Kodak, in <= 10-minute device calls.
+
+  run      per operating point (c8, then c32) and seed: [baseline cResNet-51 = the Table 2 checkpoint, trained here
+           only if missing] -> joint fine-tune (Eq. 2) -> codec-only fine-tune (control) -> cResNet-51 from scratch
+           on the control codec -> 9 more epochs -> measurements (real .ndc bpp on Kodak and Imagenette val, PSNR /
+           SSIM / MS-SSIM on Kodak, top-1/top-5 on Imagenette val) -> optional segmentation (--segmentation, only if
+           nodecode.tasks.segmentation exists). Finished stages are recorded in $OUT/runs.json and skipped; a stage
+           cut by --budget-minutes resumes from its checkpoint next call.
+  collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+PAPER_BPP = {"c8": 0.0983, "c32": 0.635}
+ROWS = ("baseline", "compression_ft", "joint_ft")
+
+
+class Run:
+    """Stage bookkeeping: runs.json under --out, the time budget, wall time per stage."""
+
+    def __init__(self, a):
+        self.a, self.t0 = a, time.time()
+        self.out = Path(os.environ.get("OUT", a.out))
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.path = self.out / "runs.json"
+        self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def left(self) -> float:
+        return self.a.budget_minutes - (time.time() - self.t0) / 60
+
+    def stage(self, key: str, fn):
+        """fn(max_minutes) -> dict or None (unfinished); recorded under key with its wall time and device."""
+        if key in self.done:
+            return self.done[key]
+        if self.left() < 0.75:
+            print(f"budget spent; next stage: {key}", flush=True)
+            return None
+        from nodecode.utils import provenance
+        t = time.time()
+        print(f"== {key} ({self.left():.1f} min left)", flush=True)
+        res = fn(self.left() - 0.5)
+        if res is None:
+            return None
+        self.done[key] = {**res, "wall_s": time.time() - t, "device": provenance()["device"]}
+        self.path.write_text(json.dumps(self.done, indent=1))
+        return self.done[key]
+
+
+def summary_of(run_dir: Path) -> dict | None:
+    p = run_dir / "summary.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def measure(a, codec_path: str, classifier: str | None) -> dict:
+    """Real bpp (Kodak, Imagenette val), PSNR/SSIM/MS-SSIM (Kodak) of a codec; top-1/top-5 of a classifier on it."""
+    from nodecode.codec.zoo import load_codec
+    from nodecode.data.classification import load_inputs, scan_image_folder
+    from nodecode.data.images import list_images, load_image
+    from nodecode.eval.codec_eval import average, evaluate_learned
+    from nodecode.tasks.classification import evaluate_classifier
+    from nodecode.utils import pick_device
+    dev = pick_device(None)
+    codec = load_codec(codec_path, dev)
+    images = [(f.name, load_image(f)) for f in list_images(a.kodak)[: a.kodak_limit]]
+    kodak = average(evaluate_learned(codec, images, dev))[0]
+    val = scan_image_folder(Path(a.data) / "val", classes=sorted(p.name for p in (Path(a.data) / "train").iterdir()
+                                                                 if p.is_dir()), max_per_class=a.limit)
+    res = {"codec": codec_path, "codec_name": codec.config.name,
+           "kodak": {k: kodak[k] for k in ("bpp", "est_bpp", "psnr", "ssim", "ms_ssim", "images")},
+           "imagenette_bpp": load_inputs(val, "latent", codec, cache_dir=a.cache)[1]["bpp"]}
+    if classifier:
+        r = evaluate_classifier(classifier, a.data, device=dev, cache_dir=a.cache)
+        res.update(top1=r["top1"], top5=r["top5"], classifier=classifier)
+    return res
+
+
+def segmentation(a, codec_path: str, classifier: str, out: Path, minutes: float) -> dict | None:
+    """§6.1: freeze the codec, fine-tune cResNet-51-d from this backbone on CamVid (nodecode.tasks.segmentation)."""
+    from nodecode.tasks import segmentation as seg
+    cfg_cls, train = getattr(seg, "SegmentationTrainConfig", None), getattr(seg, "train_segmentation", None)
+    if cfg_cls is None or train is None:
+        return {"skipped": "nodecode.tasks.segmentation has no SegmentationTrainConfig/train_segmentation"}
+    fields = cfg_cls.__dataclass_fields__
+    kw = {"data": a.camvid, "out": str(out), "codec": codec_path, "cache_dir": a.cache, "max_minutes": minutes,
+          "progress": False}
+    kw.update({k: classifier for k in ("backbone", "init", "pretrained", "classifier") if k in fields})
+    train(cfg_cls(**{k: v for k, v in kw.items() if k in fields}))
+    s = summary_of(out)
+    return None if s is None else {"val": s.get("val"), "summary": str(out / "summary.json")}
+
+
+def run_point(r: Run, a, point: str, seed: int) -> bool:
+    from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, train_classifier
+    from nodecode.tasks.joint import JointTrainConfig, train_joint
+    work = Path(a.work) / point
+    table2 = Path(a.cls_root) / f"{point}-latent-cresnet51-s0" / "classifier.safetensors"
+    base_dir = work / "baseline-cls"
+
+    def baseline_cls(m):
+        if table2.exists():
+            return {"classifier": str(table2), "trained_here": False}
+        train_classifier(ClassifierTrainConfig(data=a.data, out=str(base_dir), model="cresnet51", codec=point,
+                                               width=a.width, epochs=a.scratch_epochs, batch_size=a.batch_size,
+                                               max_per_class=a.limit, cache_dir=a.cache, max_minutes=m, progress=False))
+        s = summary_of(base_dir)
+        return s and {"classifier": str(base_dir / "classifier.safetensors"), "trained_here": True,
+                      "minutes": s["minutes"]}
+
+    def joint_cfg(out, classifier, m):
+        return JointTrainConfig(data=a.data, out=str(out), codec=point, classifier=classifier, epochs=a.epochs,
+                                batch_size=a.batch_size, max_per_class=a.limit, cache_dir=a.cache, seed=seed,
+                                max_minutes=m, progress=False, image_size=a.image_size)
+
+    def joint_stage(out, classifier):
+        def fn(m):
+            train_joint(joint_cfg(out, classifier, m))
+            s = summary_of(out)
+            return s and {"val": s["val"], "minutes": s["minutes"], "steps": s["steps"], "beta": s["beta"],
+                          "target_entropy": s["target_entropy"], "codec": str(out / "codec.safetensors"),
+                          "classifier": str(out / "classifier.safetensors") if classifier else None}
+        return fn
+
+    def cls_stage(out, codec, **kw):
+        def fn(m):
+            train_classifier(ClassifierTrainConfig(data=a.data, out=str(out), model="cresnet51", codec=codec,
+                                                   width=width, batch_size=a.batch_size, max_per_class=a.limit,
+                                                   cache_dir=a.cache, seed=seed, max_minutes=m, progress=False, **kw))
+            s = summary_of(out)
+            return s and {"val": s["val"], "minutes": s["minutes"], "classifier": str(out / "classifier.safetensors")}
+        return fn
+
+    base = r.stage(f"{point}/baseline-cls", baseline_cls)
+    if not base:
+        return False
+    width = load_classifier(base["classifier"])[1]["width"]
+    joint = r.stage(f"{point}/joint-s{seed}", joint_stage(work / f"joint-s{seed}", base["classifier"]))
+    ft = joint and r.stage(f"{point}/ft", joint_stage(work / "ft", None))
+    scratch = ft and r.stage(f"{point}/scratch-s{seed}", cls_stage(work / f"scratch-s{seed}", ft["codec"],
+                                                                    epochs=a.scratch_epochs))
+    more = scratch and r.stage(f"{point}/control-s{seed}", cls_stage(
+        work / f"control-s{seed}", ft["codec"], init=scratch["classifier"], epochs=a.more_epochs,
+        lr_epochs=(3, 6), base_lr=0.0025))
+    if not more:
+        return False
+    ok = all(r.stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k)) for row, c, k in (
+        ("baseline", point, base["classifier"]), ("compression_ft", ft["codec"], more["classifier"]),
+        ("joint_ft", joint["codec"], joint["classifier"])))
+    if ok and seed == 0:  # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
+        for ext in (".safetensors", ".json"):
+            dst = r.out / "weights" / f"{point}-joint{ext}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(work / f"joint-s{seed}" / f"codec{ext}", dst)
+    if ok and a.segmentation and seed == 0 and importlib.util.find_spec("nodecode.tasks.segmentation") is None:
+        print("segmentation skipped: nodecode.tasks.segmentation is not there", flush=True)
+    elif ok and a.segmentation and seed == 0:
+        for row, c, k in (("compression_ft", ft["codec"], more["classifier"]),
+                          ("joint_ft", joint["codec"], joint["classifier"])):
+            ok = ok and r.stage(f"{point}/seg/{row}", lambda m, c=c, k=k, row=row: segmentation(
+                a, c, k, work / f"seg-{row}", m)) is not None
+    return bool(ok)
+
+
+def run(a) -> None:
+    import torch
+    r = Run(a)
+    print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}", flush=True)
+    for seed in range(a.seeds):
+        for point in a.points.split(","):
+            if not run_point(r, a, point, seed):
+                break
+        else:
+            continue
+        break
+    print("| stage | wall s | top-1 | top-5 | bpp (Imagenette) | Kodak bpp | PSNR | MS-SSIM |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for k, v in r.done.items():
+        val = v.get("val") or v
+        kd = v.get("kodak", {})
+        f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
+        print(f"| {k} | {v['wall_s']:.0f} | {f(val.get('top1'))} | {f(val.get('top5'))} | {f(v.get('imagenette_bpp'))} | "
+              f"{f(kd.get('bpp'))} | {f(kd.get('psnr'), '.2f')} | {f(kd.get('ms_ssim'))} |", flush=True)
+    print(f"total wall this call: {(time.time() - r.t0) / 60:.2f} min")
+
+
+def collect(a) -> None:
+    import numpy as np
+    done = json.loads(Path(a.runs_json).read_text())
+    res = ROOT / "results" / "joint"
+    res.mkdir(parents=True, exist_ok=True)
+    points = sorted({k.split("/")[0] for k in done}, key=lambda p: int(p[1:]))
+    table = {}
+    for p in points:
+        table[p] = {}
+        for row in ROWS:
+            ms = [v for k, v in done.items() if k.startswith(f"{p}/measure/{row}-s")]
+            if not ms:
+                continue
+            t1, t5 = [100 * m["top1"] for m in ms], [100 * m["top5"] for m in ms]
+            seg = done.get(f"{p}/seg/{row}", {})
+            table[p][row] = {"imagenette_bpp": ms[0]["imagenette_bpp"], "kodak": ms[0]["kodak"],
+                             "top1": float(np.mean(t1)), "top1_std": float(np.std(t1)), "top5": float(np.mean(t5)),
+                             "seeds": len(ms), "miou": (seg.get("val") or {}).get("miou"), "codec": ms[0]["codec_name"]}
+        table[p]["stage_wall_s"] = {k.split("/", 1)[1]: v["wall_s"] for k, v in done.items() if k.startswith(p + "/")}
+        table[p]["device"] = next((v["device"] for k, v in done.items() if k.startswith(p + "/")), None)
+    (res / "summary.json").write_text(json.dumps({"points": table, "paper_bpp": PAPER_BPP}, indent=1) + "\n")
+    lines = ["| point | row | bpp Kodak | bpp Imagenette | PSNR | SSIM | MS-SSIM | top-1 | top-5 | mIoU | seeds |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in points:
+        for row in ROWS:
+            if row in table[p]:
+                t = table[p][row]
+                k, miou = t["kodak"], t["miou"]
+                lines.append(f"| {p} | {row} | {k['bpp']:.4f} | {t['imagenette_bpp']:.4f} | {k['psnr']:.2f} | "
+                             f"{k['ssim']:.4f} | {k['ms_ssim']:.4f} | {t['top1']:.2f} ± {t['top1_std']:.2f} | "
+                             f"{t['top5']:.2f} | {'–' if miou is None else f'{100 * miou:.1f}'} | {t['seeds']} |")
+    (res / "summary.md").write_text("\n".join(lines) + "\n")
+    plots(table, res)
+    print("\n".join(lines))
+
+
+def _arrows(ax, table, x, y):
+    """Fig. 7 / Fig. 11 style: from the baseline (start) to each fine-tune (end) operating point."""
+    for p, rows in table.items():
+        if "baseline" not in rows:
+            continue
+        b = rows["baseline"]
+        ax.plot(x(b), y(b), "ko")
+        for row, color in (("compression_ft", "tab:blue"), ("joint_ft", "tab:red")):
+            if row in rows:
+                e = rows[row]
+                ax.annotate("", xy=(x(e), y(e)), xytext=(x(b), y(b)), arrowprops={"arrowstyle": "->", "color": color})
+                ax.plot(x(e), y(e), "o", color=color, label=f"{row.replace('_', ' ')}" if p == next(iter(table)) else None)
+        ax.annotate(p, (x(b), y(b)), textcoords="offset points", xytext=(4, -10), fontsize=8)
+
+
+def plots(table, res: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 4))
+    _arrows(ax, table, lambda r: r["imagenette_bpp"], lambda r: r["top1"])
+    ax.set_xlabel("bpp (real .ndc, Imagenette val)"); ax.set_ylabel("top-1 [%]"); ax.grid(alpha=0.3); ax.legend()
+    ax.set_title("Fig. 7: classification, baseline -> fine-tuned")
+    fig.tight_layout(); fig.savefig(res / "fig7_accuracy.png", dpi=100); plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, m, lab in zip(axes, ("ms_ssim", "ssim", "psnr"), ("MS-SSIM", "SSIM", "PSNR [dB]")):
+        _arrows(ax, table, lambda r: r["kodak"]["bpp"], lambda r, m=m: r["kodak"][m])
+        ax.set_xlabel("bpp (real .ndc, Kodak)"); ax.set_ylabel(lab); ax.grid(alpha=0.3); ax.legend()
+    fig.suptitle("Fig. 11: compression metrics, baseline -> fine-tuned")
+    fig.tight_layout(); fig.savefig(res / "fig11_compression.png", dpi=100); plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("stage", choices=["run", "collect"])
+    ap.add_argument("--data", default="/root/data/imagenette2-224")
+    ap.add_argument("--kodak", default="/root/data/kodak")
+    ap.add_argument("--camvid", default="/root/data/camvid")
+    ap.add_argument("--cache", default="/root/cache")
+    ap.add_argument("--cls-root", default="/root/cls", help="Table 2 classifiers: <point>-latent-cresnet51-s0/")
+    ap.add_argument("--work", default="/root/joint")
+    ap.add_argument("--out", default="/root/results/joint")
+    ap.add_argument("--runs-json", default=str(ROOT / "results" / "joint" / "runs.json"), help="collect: input")
+    ap.add_argument("--points", default="c8,c32")
+    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--epochs", type=float, default=9, help="joint / codec-only fine-tune epochs (App. A.8)")
+    ap.add_argument("--scratch-epochs", type=int, default=28, help="control cResNet-51 from scratch (§4.4)")
+    ap.add_argument("--more-epochs", type=int, default=9, help="control: more epochs on the new point (§6.1)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--width", type=float, default=1.0, help="< 1 only for smoke tests (baseline trained here)")
+    ap.add_argument("--image-size", type=int, default=224, help="< 224 only for smoke tests")
+    ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
+    ap.add_argument("--kodak-limit", type=int, default=None)
+    ap.add_argument("--segmentation", action="store_true", help="also the §6.1 CamVid stage (needs tasks.segmentation)")
+    ap.add_argument("--budget-minutes", type=float, default=9.0)
+    a = ap.parse_args()
+    run(a) if a.stage == "run" else collect(a)
+
+
+if __name__ == "__main__":
+    main()

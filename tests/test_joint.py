@@ -1,0 +1,128 @@
+"""Joint training (§6, Eq. 2, App. A.8): the loss value, CE gradients reaching the encoder, resume, the control."""
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from nodecode.cli import main
+from nodecode.codec.zoo import load_codec
+from nodecode.data.classification import scan_image_folder
+from nodecode.models import create_model
+from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
+from nodecode.tasks.joint import JointModel, JointTrainConfig, joint_loss, train_joint
+
+from conftest import IMAGENETTE, needs
+
+CLASSES = ["n01440764", "n02102040", "n03000684"]
+PER_SPLIT = {"train": 2, "val": 1}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny-width cResNets on 8x8 latents are ~100x slower with 2 OpenMP threads on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nette")
+    for split, n in PER_SPLIT.items():
+        for c in CLASSES:
+            (root / split / c).mkdir(parents=True)
+            for f in sorted((IMAGENETTE / split / c).glob("*.JPEG"))[:n]:
+                (root / split / c / f.name).symlink_to(f)
+    return root
+
+
+def tiny_classifier(path, channels=8, classes=CLASSES):
+    torch.manual_seed(0)
+    model = create_model("cresnet51", in_channels=channels, num_classes=len(classes), width=0.0625)
+    meta = {"model": "cresnet51", "width": 0.0625, "input": "latent", "in_channels": channels, "codec": "c8",
+            "codec_name": "c8", "webp_bpp": None, "classes": classes, "class_names": classes,
+            "mean": [0.1] * channels, "pixel_scale": 255, "size": [28, 28]}
+    save_classifier(model, path, meta)
+    return path
+
+
+def test_eq2_loss_value_on_a_tiny_case():
+    x = torch.full((1, 3, 2, 2), 0.5)
+    out = {"x_hat": x + 2 / 255, "entropy": torch.tensor(1.0), "bpp": torch.tensor(0.125),
+           "logits": torch.tensor([[2.0, 0.0]])}
+    y = torch.tensor([0])
+    loss, logs = joint_loss(out, x, y, gamma=0.001, beta=600.0, target_entropy=0.8)
+    ce = float(F.cross_entropy(out["logits"], y))
+    assert float(loss) == pytest.approx(0.001 * (4.0 + 600 * 0.2) + ce, rel=1e-5)   # MSE 2^2 on the 0..255 scale
+    assert float(logs["ce"]) == pytest.approx(ce) and float(logs["mse"]) == pytest.approx(4.0, rel=1e-4)
+    below, _ = joint_loss({**out, "entropy": torch.tensor(0.5)}, x, y, 0.001, 600.0, 0.8)  # under Ht: no rate term
+    assert float(below) == pytest.approx(0.004 + ce, rel=1e-5)
+    control, logs = joint_loss({k: v for k, v in out.items() if k != "logits"}, x, None, 0.001, 600.0, 0.8)
+    assert float(control) == pytest.approx(0.001 * 124.0, rel=1e-5) and "ce" not in logs
+
+
+def test_ce_gradients_reach_the_encoder(kodak_crop):
+    codec = load_codec("c8")
+    classifier = create_model("cresnet51", in_channels=8, num_classes=3, width=0.0625)
+    model = JointModel(codec, classifier, torch.zeros(8)).train()
+    x = torch.from_numpy(kodak_crop[:64, :64]).permute(2, 0, 1)[None].float().div(255)
+    loss, _ = joint_loss(model(x), x, torch.tensor([1]), gamma=0.0, beta=0.0, target_entropy=0.0)  # CE only
+    loss.backward()
+    g = model.codec.g_a[0].weight.grad
+    assert g is not None and g.abs().sum() > 0                  # through Q̄'s soft backward into g_a
+    assert model.codec.g_s[0].weight.grad is None or model.codec.g_s[0].weight.grad.abs().sum() == 0
+
+
+@needs(IMAGENETTE)
+def test_joint_training_resumes_exactly_and_writes_checkpoints(folder, tmp_path):
+    cls = tiny_classifier(tmp_path / "cls" / "classifier.safetensors")
+    base = dict(data=str(folder), classifier=str(cls), codec="c8", epochs=2 / 6, lr_epochs=(1,), batch_size=1,
+                cache_dir=str(tmp_path / "cache"), log_every=1, progress=False, eval_batch=4, table_images=2, image_size=64)
+    train_joint(JointTrainConfig(out=str(tmp_path / "a"), **base))
+    train_joint(JointTrainConfig(out=str(tmp_path / "b"), max_minutes=0.0, **base))   # stops after one step
+    assert not (tmp_path / "b" / "codec.safetensors").exists()
+    assert json.loads(load_file_meta(tmp_path / "b" / "last.safetensors"))["meta"]["step"] == 1
+    train_joint(JointTrainConfig(out=str(tmp_path / "b"), **base))                     # resumes: step 2
+    a, b = load_file(str(tmp_path / "a" / "last.safetensors")), load_file(str(tmp_path / "b" / "last.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a if k.startswith("model."))
+    assert not torch.equal(a["model.codec.g_a.0.weight"], load_codec("c8").state_dict()["g_a.0.weight"])
+    codec = load_codec(tmp_path / "a" / "codec.safetensors")
+    assert codec.config.name == "c8-joint" and codec.config.beta == 600.0
+    assert codec.config.target_entropy == load_codec("c8").config.target_entropy
+    model, meta = load_classifier(tmp_path / "a")
+    assert meta["codec_name"] == "c8-joint" and load_codec(meta["codec"]).fingerprint() == codec.fingerprint()
+    s = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert s["steps"] == 2 and s["steps_per_epoch"] == 6 and 0 <= s["val"]["top1"] <= 1 and s["val"]["psnr"] > 15
+
+
+def load_file_meta(path):
+    from safetensors import safe_open
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata()["nodecode"]
+
+
+@needs(IMAGENETTE)
+def test_control_pipeline_codec_only_then_scratch_then_nine_more(folder, tmp_path):
+    cache = str(tmp_path / "cache")
+    rc = main(["train", "joint", "--data", str(folder), "--out", str(tmp_path / "ft"), "--codec-only", "--epochs", "1",
+               "--batch-size", "3", "--image-size", "64", "--cache-dir", cache])
+    assert rc == 0
+    codec_path = tmp_path / "ft" / "codec.safetensors"
+    assert load_codec(codec_path).config.name == "c8-ft" and not (tmp_path / "ft" / "classifier.safetensors").exists()
+    cfg = ClassifierTrainConfig(data=str(folder), out=str(tmp_path / "scratch"), model="cresnet51", codec=str(codec_path),
+                                width=0.0625, epochs=1, lr_epochs=(1,), batch_size=3, cache_dir=cache, progress=False)
+    train_classifier(cfg)
+    more = ClassifierTrainConfig(**{**cfg.__dict__, "out": str(tmp_path / "more"), "init": str(tmp_path / "scratch"),
+                                    "base_lr": 0.0025, "lr_epochs": (3, 6)})
+    train_classifier(more)
+    _, meta = load_classifier(tmp_path / "more")
+    assert meta["codec"] == str(codec_path) and meta["codec_name"] == "c8-ft"
+    wrong = ClassifierTrainConfig(**{**more.__dict__, "out": str(tmp_path / "w"), "model": "cresnet39"})
+    with pytest.raises(Exception, match="is not a cresnet39"):
+        train_classifier(wrong)
+    assert main(["train", "joint", "--data", str(folder), "--out", str(tmp_path / "x"),
+                 "--classifier", str(tmp_path / "missing")]) == 2
+    assert scan_image_folder(folder / "val").labels.tolist() == [0, 1, 2]
