@@ -17,10 +17,10 @@ for stage in "$@"; do
   if python3 -c "import sys; sys.exit(float('$m') > 0.7)"; then echo "no time left for $stage"; continue; fi
   echo "=== $stage with $m minutes ($(date -u +%T))"
   case $stage in
-    cls)   cmd=(python3 experiments/classification/table2.py run --budget-minutes "$m") ;;
+    cls)   cmd=(python3 experiments/classification/table2.py run --budget-minutes "$m" ${CLS_ARGS:-}) ;;
     seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m") ;;
     speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m") ;;
-    joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m") ;;
+    joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;
     *)     echo "unknown stage $stage"; continue ;;
   esac
   "${cmd[@]}" 2>&1 | tee "/root/results/logs/$(printf %02d "$n")-$stage.log"

@@ -111,7 +111,7 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
         if table2.exists():
             return {"classifier": str(table2), "trained_here": False}
         train_classifier(ClassifierTrainConfig(data=a.data, out=str(base_dir), model="cresnet51", codec=point,
-                                               width=a.width, epochs=a.scratch_epochs, batch_size=a.batch_size,
+                                               width=a.width, epochs=a.scratch_epochs, batch_size=a.cls_batch_size,
                                                max_per_class=a.limit, cache_dir=a.cache, max_minutes=m, progress=False))
         s = summary_of(base_dir)
         return s and {"classifier": str(base_dir / "classifier.safetensors"), "trained_here": True,
@@ -134,7 +134,7 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
     def cls_stage(out, codec, **kw):
         def fn(m):
             train_classifier(ClassifierTrainConfig(data=a.data, out=str(out), model="cresnet51", codec=codec,
-                                                   width=width, batch_size=a.batch_size, max_per_class=a.limit,
+                                                   width=width, batch_size=a.cls_batch_size, max_per_class=a.limit,
                                                    cache_dir=a.cache, seed=seed, max_minutes=m, progress=False, **kw))
             s = summary_of(out)
             return s and {"val": s["val"], "minutes": s["minutes"], "classifier": str(out / "classifier.safetensors")}
@@ -276,7 +276,8 @@ def main():
     ap.add_argument("--epochs", type=float, default=9, help="joint / codec-only fine-tune epochs (App. A.8)")
     ap.add_argument("--scratch-epochs", type=int, default=28, help="control cResNet-51 from scratch (§4.4)")
     ap.add_argument("--more-epochs", type=int, default=9, help="control: more epochs on the new point (§6.1)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=64, help="joint / codec-only fine-tunes (App. A.8)")
+    ap.add_argument("--cls-batch-size", type=int, default=256, help="classifiers: as experiments/classification/table2.py")
     ap.add_argument("--width", type=float, default=1.0, help="< 1 only for smoke tests (baseline trained here)")
     ap.add_argument("--image-size", type=int, default=224, help="< 224 only for smoke tests")
     ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
