@@ -97,8 +97,11 @@ def run(a) -> None:
     t0 = time.time()
     main_rows = [r for r in rows() if r[1] != "webp"]
     queue = [(r, 0, None) for r in main_rows] + [((p, "latent", "cresnet51"), 0, BUNDLED_WIDTH) for p in ("c8", "c16", "c32")]
-    queue += [(r, 0, None) for r in rows() if r[1] == "webp"]
-    extra_added = False
+    if a.rows == "main":
+        print("rows: Table 2 and the bundled ones only (no WebP rows, no extra seeds)")
+    else:
+        queue += [(r, 0, None) for r in rows() if r[1] == "webp"]
+    extra_added = a.rows == "main"
     while queue:
         (point, kind, model), seed, width = queue.pop(0)
         k = key(point, kind, model, seed) if width is None else bundled_key(point)
@@ -201,6 +204,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=256, help="lr scales linearly from 0.025 at 64 (App. A.4)")
     ap.add_argument("--width", type=float, default=1.0, help="< 1 only for smoke tests")
     ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
+    ap.add_argument("--rows", choices=["main", "all"], default="all",
+                    help="main: Table 2's rows and the bundled ones; all: then the WebP rows and extra seeds")
     ap.add_argument("--budget-minutes", type=float, default=9.0)
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)
