@@ -67,10 +67,19 @@ def test_evaluate_known_confusion():
 
 @needs(CAMVID)
 def test_training_resumes_to_the_same_weights(tmp_path):
+    from nodecode.models import create_model
+    from nodecode.tasks.classification import save_classifier
+    torch.manual_seed(1)
+    cls = create_model("cresnet39", in_channels=8, num_classes=10, width=0.0625)
+    save_classifier(cls, tmp_path / "cls.safetensors", {"model": "cresnet39", "width": 0.0625, "input": "latent",
+                                                        "in_channels": 8, "codec": "c8", "codec_name": "c8",
+                                                        "classes": list("abcdefghij"), "class_names": list("abcdefghij")})
+
     def cfg(out, **kw):
         return SegmenterTrainConfig(data=str(CAMVID), out=str(out), model="cresnet39_d", input="latent", codec="c8",
                                     width=0.0625, iters=3, batch_size=2, limit=2, crop=64, eval_splits=("val",),
-                                    cache_dir=str(tmp_path / "cache"), progress=False, **kw)
+                                    init=str(tmp_path / "cls.safetensors"), cache_dir=str(tmp_path / "cache"),
+                                    progress=False, **kw)
     train_segmenter(cfg(tmp_path / "a"))
     train_segmenter(cfg(tmp_path / "b", max_minutes=0.0))      # stops after one step, checkpointed
     assert not (tmp_path / "b" / "segmenter.safetensors").exists()
@@ -80,6 +89,10 @@ def test_training_resumes_to_the_same_weights(tmp_path):
         assert torch.allclose(va.float(), vb.float(), atol=1e-6), k
     s = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert meta["input"] == "latent" and 0 <= s["val"]["miou"] <= 1 and len(s["val"]["iou"]) == 11
+    sd = cls.state_dict()   # backbone from the classifier (§5.3); BN frozen at its values, the convs trained
+    assert torch.equal(ma.state_dict()["layer2.0.bn1.running_var"], sd["layer2.0.bn1.running_var"])
+    assert torch.equal(ma.state_dict()["layer2.0.bn1.weight"], sd["layer2.0.bn1.weight"])
+    assert not torch.equal(ma.state_dict()["layer2.0.conv1.weight"], sd["layer2.0.conv1.weight"])
 
 
 @pytest.fixture(scope="module")

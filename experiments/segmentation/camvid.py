@@ -5,7 +5,8 @@
            1 and 2 where two rows at one point differ by under one mIoU point (only while budget remains). Finished
            work is skipped (state: $OUT/runs.json, run folders under --runs); stops cleanly before --budget-minutes.
   collect  from runs.json: results/segmentation/camvid.json, camvid.md (beside the paper's Table 2 mIoU),
-           fig6_miou_vs_gmacs.png (c8, with and without the decoder) and a copy of fig5_camvid.png
+           fig6_miou_vs_gmacs.png (c8, with and without the decoder), a copy of fig5_camvid.png, and the bundled
+           segmenter (segmenter-c8.safetensors beside runs.json) copied into src/nodecode/weights/
 
 Iterations: the paper's 20k x batch 10 on 10,582 VOC images = 18.9 epochs -> 694 iterations on 367 CamVid frames.
 Backbones start from the Table 2 classifiers: /root/cls/<point>-<input>-<classifier>-s0/classifier.safetensors.
@@ -146,21 +147,23 @@ def run(a) -> None:
     def save():
         state.write_text(json.dumps(done, indent=1))
 
-    def do(point, kind, model, seed, k=None, init=None, width=1.0):
+    def do(point, kind, model, seed, k=None, init="table2", width=1.0):
         k = k or key(point, kind, model, seed)
         if k in done:
             return True
         if left() < 1.0:
             print(f"budget spent; next: {k}", flush=True)
             return False
-        r = train_one(a, point, kind, model, seed, left(), Path(a.runs) / k, init or init_path(a, point, kind, model),
-                      width)
+        init = init_path(a, point, kind, model) if init == "table2" else init
+        r = train_one(a, point, kind, model, seed, left(), Path(a.runs) / k, init, width)
         if r is not None:
             done[k] = r
             save()
         return r is not None
 
     ok = all([do(*r, 0) for r in rows()])
+    if not Path(a.bundled_init).exists():
+        print(f"WARNING: no classifier {a.bundled_init}; the bundled segmenter starts from scratch")
     if ok and do(*BUNDLED, 0, k="bundled", init=a.bundled_init if Path(a.bundled_init).exists() else None, width=0.25):
         if not (out / "segmenter-c8.safetensors").exists():
             net, meta = load_segmenter(Path(a.runs) / "bundled")
@@ -222,9 +225,14 @@ def collect(a) -> None:
                      f"{r['miou_test']:.2f} | {r['seeds']} | {r['gmacs']:.1f} | {r['paper_miou'] or '–'} | {r['minutes']:.2f} |")
     (res / "camvid.md").write_text("\n".join(lines) + f"\n\nDevice: {table[0]['device'] if table else '?'}\n")
     plot(table, res)
-    fig5 = Path(a.done).parent / "fig5_camvid.png"
+    fig5, bundled = Path(a.done).parent / "fig5_camvid.png", Path(a.done).parent / "segmenter-c8.safetensors"
     if fig5.exists():
         shutil.copyfile(fig5, res / "fig5_camvid.png")
+    if bundled.exists():  # the bundled segmenter `nodecode segment` and the demo use
+        weights = ROOT / "src" / "nodecode" / "weights"
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(bundled.with_suffix(suffix), weights / f"segmenter-c8{suffix}")
+        print(f"bundled segmenter copied to {weights}/segmenter-c8.safetensors ({bundled.stat().st_size / 2**20:.2f} MiB)")
     print("\n".join(lines))
 
 
