@@ -154,6 +154,7 @@ def run(a) -> None:
         if left() < 1.0:
             print(f"budget spent; next: {k}", flush=True)
             return False
+        print(f"start {k} ({left():.1f} min left)", flush=True)
         init = init_path(a, point, kind, model) if init == "table2" else init
         r = train_one(a, point, kind, model, seed, left(), Path(a.runs) / k, init, width)
         if r is not None:
