@@ -18,8 +18,8 @@ for stage in "$@"; do
   echo "=== $stage with $m minutes ($(date -u +%T))"
   case $stage in
     cls)   cmd=(python3 experiments/classification/table2.py run --budget-minutes "$m" ${CLS_ARGS:-}) ;;
-    seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m") ;;
-    speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m") ;;
+    seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m" ${SEG_ARGS:-}) ;;
+    speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m" ${SPEED_ARGS:-}) ;;
     joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;
     *)     echo "unknown stage $stage"; continue ;;
   esac

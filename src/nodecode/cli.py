@@ -38,6 +38,32 @@ def _eval_classifier(a):
     print(json.dumps(r, indent=2) if a.json else f"top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} images)")
 
 
+def _train_segmenter(a):
+    from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
+    train_segmenter(SegmenterTrainConfig(
+        data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, init=a.init, width=a.width,
+        iters=a.iters, batch_size=a.batch_size, limit=a.limit, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
+        max_minutes=a.max_minutes))
+
+
+def _eval_segmenter(a):
+    from nodecode.tasks.segmentation import evaluate_segmenter
+    r = evaluate_segmenter(a.checkpoint, a.data, split=a.split, device=a.device, cache_dir=a.cache_dir)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return
+    for name, v in zip(r["class_names"], r["iou"]):
+        print(f"{name:<12} {'-' if v is None else f'{100 * v:6.2f}'}")
+    print(f"mIoU {100 * r['miou']:.2f}%  pixel accuracy {100 * r['pixel_acc']:.2f}%  ({r['n']} frames, {r['split']})")
+
+
+def _segment(a):
+    from nodecode.tasks.inference import segment_file
+    r = segment_file(a.file, a.output, overlay=a.overlay, model=a.model, device=a.device)
+    top = sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4]
+    print(f"{r['mask']}: {r['width']}x{r['height']} [{r['read']}]  " + ", ".join(f"{k} {v:.0%}" for k, v in top))
+
+
 def _classify(a):
     from nodecode.tasks.inference import classify_files
     rows = classify_files(a.files, a.classifier, device=a.device, topk=a.topk, point=a.codec)
@@ -151,6 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--seed", type=int, default=0)
     tj.set_defaults(fn=_train_joint)
 
+    ts = t.add_parser("segmenter", help="train a -d network with ASPP on CamVid-layout data (§5, App. A.5)")
+    ts.add_argument("--data", required=True, help="folder with images/{train,val,test} and labels/{...}")
+    ts.add_argument("--out", required=True)
+    ts.add_argument("--input", default="latent", choices=["rgb", "decoded", "latent"])
+    ts.add_argument("--codec", default="c8", help="operating point for decoded/latent")
+    ts.add_argument("--model", default="cresnet51_d")
+    ts.add_argument("--init", default=None, help="classifier.safetensors of the same input kind and point (§5.3)")
+    ts.add_argument("--width", type=float, default=1.0)
+    ts.add_argument("--iters", type=int, default=None, help="default: the paper's 18.9 epochs (694 on CamVid)")
+    ts.add_argument("--batch-size", type=int, default=10)
+    ts.add_argument("--limit", type=int, default=None, help="first N frames of each split")
+    ts.add_argument("--cache-dir", default=None)
+    ts.add_argument("--max-minutes", type=float, default=None)
+    ts.add_argument("--device", default=None)
+    ts.add_argument("--seed", type=int, default=0)
+    ts.set_defaults(fn=_train_segmenter)
+
     ev = sub.add_parser("eval", help="evaluate a trained network").add_subparsers(dest="what", required=True)
     ec = ev.add_parser("classifier", help="top-1 / top-5 on a split")
     ec.add_argument("checkpoint", help="classifier.safetensors or its run folder")
@@ -160,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--device", default=None)
     ec.add_argument("--json", action="store_true")
     ec.set_defaults(fn=_eval_classifier)
+
+    es = ev.add_parser("segmenter", help="per-class IoU and mIoU on a split")
+    es.add_argument("checkpoint", help="segmenter.safetensors or its run folder")
+    es.add_argument("--data", required=True)
+    es.add_argument("--split", default="val", choices=["train", "val", "test"])
+    es.add_argument("--cache-dir", default=None)
+    es.add_argument("--device", default=None)
+    es.add_argument("--json", action="store_true")
+    es.set_defaults(fn=_eval_segmenter)
+
+    sg = sub.add_parser("segment", help="segment an .ndc file (no RGB decoding) or an image into a mask PNG")
+    sg.add_argument("file")
+    sg.add_argument("-o", "--output", required=True, help="mask PNG (CamVid palette)")
+    sg.add_argument("--overlay", default=None, help="also write the image blended with the mask (PNG)")
+    sg.add_argument("--model", default=None, help="segmenter.safetensors (default: the bundled c8 one)")
+    sg.add_argument("--device", default=None)
+    sg.set_defaults(fn=_segment)
 
     k = sub.add_parser("classify", help="classify .ndc files (no RGB decoding) or images")
     k.add_argument("files", nargs="+")

@@ -57,3 +57,32 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         if "rng.cuda" in tensors and torch.cuda.is_available():
             torch.cuda.set_rng_state(tensors["rng.cuda"])
     return info.get("meta", {})
+
+
+def save_weights(model: torch.nn.Module, path: str | Path, meta: dict, fmt: str, half: bool = False) -> None:
+    """Final weights (fp32, or fp16 floats if `half`) as safetensors; `fmt` and `meta` in its header, meta as JSON beside it."""
+    from nodecode.utils import write_json
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+             for k, v in model.state_dict().items()}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": fmt, "meta": json.dumps(meta)})
+    write_json(path.with_suffix(".json"), meta)
+
+
+def read_weights(path: str | Path, fmt: str, what: str) -> tuple[dict, dict]:
+    """(fp32 state dict, meta) of a file save_weights wrote with format `fmt`; NodecodeError on anything else."""
+    from nodecode.errors import NodecodeError
+    path = Path(path)
+    if not path.is_file():
+        raise NodecodeError(f"no such {what} checkpoint: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NodecodeError(f"cannot read {what} {path}: {why}") from None
+    if info.get("format") != fmt:
+        raise NodecodeError(f"{path} is not a nodecode {what}")
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, json.loads(info["meta"])

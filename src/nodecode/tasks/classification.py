@@ -18,8 +18,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from nodecode.codec.zoo import WEIGHTS_DIR, load_codec
 from nodecode.data.augment import Batches, InputPipeline
@@ -27,8 +25,9 @@ from nodecode.data.classification import channel_mean, load_inputs, scan_image_f
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config
+from nodecode.tasks.checkpoint import read_weights, save_weights
 from nodecode.tasks.engine import Engine, EngineConfig, init_distributed, is_main_process
-from nodecode.utils import atomic_path, pick_device, provenance, write_json
+from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-classifier-1"
 
@@ -109,12 +108,7 @@ def evaluate(model: torch.nn.Module, data: torch.Tensor, labels: torch.Tensor, p
 
 def save_classifier(model: torch.nn.Module, path: str | Path, meta: dict, half: bool = False) -> None:
     """Weights as safetensors (fp16 floats if `half`, for bundling), `meta` in its header and as JSON beside it."""
-    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-             for k, v in model.state_dict().items()}
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"format": FORMAT, "meta": json.dumps(meta)})
-    write_json(path.with_suffix(".json"), meta)
+    save_weights(model, path, meta, FORMAT, half)
 
 
 def bundled_classifier(point: str) -> Path:
@@ -129,18 +123,7 @@ def load_classifier(path: str | Path, device=None) -> tuple[torch.nn.Module, dic
     """(model in eval mode, fp32, meta) from classifier.safetensors or a run folder holding it."""
     path = Path(path)
     path = path / "classifier.safetensors" if path.is_dir() else path
-    if not path.is_file():
-        raise NodecodeError(f"no such classifier checkpoint: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            info = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - any unreadable file is a user error here
-        why = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NodecodeError(f"cannot read classifier {path}: {why}") from None
-    if info.get("format") != FORMAT:
-        raise NodecodeError(f"{path} is not a nodecode classifier")
-    meta = json.loads(info["meta"])
+    state, meta = read_weights(path, FORMAT, "classifier")
     model = create_model(meta["model"], in_channels=meta["in_channels"], num_classes=len(meta["classes"]),
                          width=meta["width"])
     model.load_state_dict(state)
