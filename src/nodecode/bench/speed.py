@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -158,14 +157,13 @@ def bench_model(name: str, impl: str, cfg: SpeedConfig, peak: float, compile_spe
     setup_s = time.perf_counter() - t
     if impl == "compiled":
         compile_spent[0] += setup_s
-    ctx = torch.backends.cudnn.flags(enabled=True, benchmark=True) if dev.type == "cuda" else nullcontext()
-    with ctx:
-        ms = time_calls(fn, inputs, cfg.warmup, cfg.iters)
+    ms = time_calls(fn, inputs, cfg.warmup, cfg.iters)
     ips = shape[0] / (ms / 1e3)
     return {"path": path, "model": name, "batch": shape[0], "precision": "fp32" if impl == "eager-fp32" else "bf16",
             "impl": impl, "images_per_s": ips, "ms_per_image": ms / shape[0],
             "peak_fraction": 2 * gmacs * 1e9 * ips / peak, "gmacs": gmacs, "input": list(shape[1:]),
-            "setup_s": setup_s, "weights": "random", "width": cfg.width}
+            "setup_s": setup_s, "weights": "random", "width": cfg.width,
+            "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if impl == "eager-fp32" and dev.type == "cuda" else None}
 
 
 def run_speed(cfg: SpeedConfig, log=print, skip: set | None = None, budget_s: float | None = None) -> dict:
@@ -176,21 +174,37 @@ def run_speed(cfg: SpeedConfig, log=print, skip: set | None = None, budget_s: fl
     t0 = time.time()
     peak = matmul_peak(dev, cfg.peak_n if dev.type == "cuda" else min(cfg.peak_n, 512))
     log(f"matmul peak: {peak['flops'] / 1e12:.1f} TFLOP/s ({peak['dtype']}, n={peak['n']})")
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # algorithms chosen in warm-up, before any graph capture
     rows, spent, done = [], [0.0], True
-    for name in cfg.models:
-        for impl in cfg.impls:
-            if skip and (name, impl) in skip:
-                continue
-            if budget_s is not None and time.time() - t0 > budget_s:
-                done = False
-                break
+    # every eager/optimized row first (model by model), the compiled rows last: compile time is the risky part
+    jobs = [(m, i) for m in cfg.models for i in cfg.impls if i != "compiled"]
+    jobs += [(m, "compiled") for m in cfg.compile_models if m in cfg.models and "compiled" in cfg.impls]
+    for name, impl in jobs:
+        if skip and (name, impl) in skip:
+            continue
+        left = None if budget_s is None else budget_s - (time.time() - t0)
+        if left is not None and left <= 0:
+            done = False
+            log(f"budget spent: stopping before {name} {impl}")
+            break
+        if left is not None and impl == "compiled" and left < 90:
+            log(f"budget: {left:.0f}s left, too little to compile {name}; skipped")
+            continue
+        try:
             r = bench_model(name, impl, cfg, peak["flops"], spent)
-            if r is not None:
-                rows.append(r)
-                log(f"{name:18s} {impl:10s} b={r['batch']:3d} {r['images_per_s']:9.1f} img/s "
-                    f"{r['ms_per_image']:.4f} ms/img  peak {100 * r['peak_fraction']:.1f}%  (setup {r['setup_s']:.1f}s)")
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
+        except Exception as e:  # noqa: BLE001 - torch.compile may be unavailable (no triton / compiler) on a card
+            if impl != "compiled":
+                raise
+            log(f"{name} compiled: failed ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); skipped")
+            spent[0] = cfg.compile_budget_s
+            r = None
+        if r is not None:
+            rows.append(r)
+            log(f"{name:18s} {impl:10s} b={r['batch']:3d} {r['images_per_s']:9.1f} img/s "
+                f"{r['ms_per_image']:.4f} ms/img  peak {100 * r['peak_fraction']:.1f}%  (setup {r['setup_s']:.1f}s)")
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
     return {"rows": rows, "peak": peak, "compile_s": spent[0], "complete": done, "seconds": time.time() - t0}
 
 
