@@ -112,7 +112,10 @@ def targets(res: dict) -> list[dict]:
 
 def collect(a) -> None:
     from nodecode.bench.speed import format_rows
-    res = json.loads((Path(a.out) / "speed.json").read_text())
+    src = Path(a.out) / "speed.json"
+    if not src.exists():
+        sys.exit(f"collect: {src} not found (run the run stage first, or pass --out to where speed.json came back)")
+    res = json.loads(src.read_text())
     dst = ROOT / "results" / "speed"
     dst.mkdir(parents=True, exist_ok=True)
     name = card_slug(res["device"])
