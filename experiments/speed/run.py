@@ -50,11 +50,12 @@ def run(a) -> None:
         net = {"rows": net["rows"] + res["rows"], "complete": res["complete"], "peak": res["peak"],
                "compile_s": net["compile_s"] + res["compile_s"], "config": dict(cfg.__dict__), **prov}
         write_json(out / "networks.json", net)
-    if net["complete"] and not (out / "kodak.json").exists() and left() > 60:
+    # kodak and e2e run even when the networks stage stopped on the budget (it resumes next call)
+    if not (out / "kodak.json").exists() and left() > 60:
         from nodecode.bench.codec_speed import kodak_speed
         rows = kodak_speed(a.kodak, "c8", dev, a.kodak_limit, a.cpu_images)
         write_json(out / "kodak.json", {"rows": rows, **prov})
-    if net["complete"] and not (out / "e2e.json").exists() and left() > 90:
+    if not (out / "e2e.json").exists() and left() > 90:
         from nodecode.bench.e2e import e2e_speed
         rows = e2e_speed(Path(a.data) / "val", a.work, "c8", dev, a.limit, a.e2e_batch, a.workers, a.cls)
         write_json(out / "e2e.json", {"rows": rows, **prov})
@@ -102,9 +103,11 @@ def targets(res: dict) -> list[dict]:
                                 f"{nd['bpp']:.3f} vs {jp['bpp']:.3f} bpp reached)", "met": x >= 2})
     gpu = [r for r in res.get("codec", []) if r["device"] == "cuda" and r["path"] == "kodak-codec" and r["model"].startswith("c")]
     if gpu:
+        g = min(gpu, key=lambda r: r["total_ms"])
         out.append({"target": "Kodak encode+decode <= 5 ms per image on the GPU",
-                    "measured": f"{gpu[0]['total_ms']:.2f} ms (encode {gpu[0]['encode_ms']:.2f}, decode {gpu[0]['decode_ms']:.2f})",
-                    "met": gpu[0]["total_ms"] <= 5})
+                    "measured": f"{g['total_ms']:.2f} ms ({g.get('precision', 'fp32')}; encode {g['encode_ms']:.2f}, "
+                                f"decode {g['decode_ms']:.2f}, of which entropy coding "
+                                f"{g['encode_entropy_ms'] + g['decode_entropy_ms']:.2f})", "met": g["total_ms"] <= 5})
     for t in out:
         t["card"] = dev
     return out
@@ -127,9 +130,9 @@ def collect(a) -> None:
     lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in tg]
     lines += ["", format_rows(res["rows"]), ""]
     if res.get("codec"):
-        lines += ["| Kodak | device | threads | encode ms | decode ms | bpp |", "|---|---|---|---:|---:|---:|"]
-        lines += [f"| {r['model']} | {r['device']} | {r['threads'] or 'all'} | {r['encode_ms']:.2f} | {r['decode_ms']:.2f} | {r['bpp']:.3f} |"
-                  for r in res["codec"]]
+        lines += ["| Kodak | device | threads | precision | encode ms | decode ms | bpp |", "|---|---|---|---|---:|---:|---:|"]
+        lines += [f"| {r['model']} | {r['device']} | {r['threads'] or 'all'} | {r.get('precision', '')} | {r['encode_ms']:.2f} | "
+                  f"{r['decode_ms']:.2f} | {r['bpp']:.3f} |" for r in res["codec"]]
     (dst / "speed.md").write_text("\n".join(lines) + "\n")
     plot(res, dst / "fig12.png")
     print("\n".join(lines))

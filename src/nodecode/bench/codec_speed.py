@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,18 @@ def _clock(dev: torch.device, fn):
 
 
 @torch.no_grad()
-def time_codec(codec, images: list[np.ndarray]) -> dict:
-    """Median ms per image of encoder network, entropy encoding, entropy decoding and decoder network; mean bpp."""
+def time_codec(codec, images: list[np.ndarray], exact: bool = True) -> dict:
+    """Median ms per image of encoder network, entropy encoding, entropy decoding and decoder network; mean bpp.
+
+    exact: fp32 with TF32 off (what `nodecode compress` does); False lets cuDNN use TF32 (faster, same files only
+    as long as no latent value lies within TF32 rounding of a decision boundary).
+    """
     dev = next(codec.parameters()).device
     parts = {"encode_net_ms": [], "encode_entropy_ms": [], "decode_entropy_ms": [], "decode_net_ms": []}
     bpps = []
     for i, img in enumerate([images[0]] + images):   # the first image twice: the first pass is warm-up
         x = to_tensor(img).to(dev)
-        with exact_fp32():
+        with exact_fp32() if exact else nullcontext():
             z, t_en = _clock(dev, lambda: codec.encode_symbols(x)[0].to(torch.uint8).cpu().numpy())
             data, t_ee = _clock(dev, lambda: codec.pack(z, img.shape[0], img.shape[1]))
             (_, z2), t_de = _clock(dev, lambda: codec.read_symbols(data))
@@ -76,15 +81,20 @@ def kodak_speed(folder: str | Path, codec_name: str = "c8", device: str = "cuda"
     rows = []
     if torch.device(device).type == "cuda":
         torch.backends.cudnn.benchmark = True
-        r = time_codec(load_codec(codec_name, device), images)
-        rows.append({"path": "kodak-codec", "model": codec_name, "device": "cuda", "threads": None, **r})
-        log(f"kodak {codec_name} cuda: encode {r['encode_ms']:.2f} ms, decode {r['decode_ms']:.2f} ms, {r['bpp']:.3f} bpp")
+        codec = load_codec(codec_name, device)
+        for exact in (True, False):
+            r = time_codec(codec, images, exact)
+            prec = "fp32" if exact else "tf32"
+            rows.append({"path": "kodak-codec", "model": codec_name, "device": "cuda", "threads": None,
+                         "precision": prec, **r})
+            log(f"kodak {codec_name} cuda {prec}: encode {r['encode_ms']:.2f} ms, decode {r['decode_ms']:.2f} ms, "
+                f"{r['bpp']:.3f} bpp")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         sub = images[:cpu_limit]
         r = time_codec(load_codec(codec_name, "cpu"), sub)
-        rows.append({"path": "kodak-codec", "model": codec_name, "device": "cpu", "threads": 1, **r})
+        rows.append({"path": "kodak-codec", "model": codec_name, "device": "cpu", "threads": 1, "precision": "fp32", **r})
         log(f"kodak {codec_name} cpu/1 thread: encode {r['encode_ms']:.0f} ms, decode {r['decode_ms']:.0f} ms")
         target = [r["bpp"]] * len(sub)
         for fmt in ("jpeg", "webp"):
