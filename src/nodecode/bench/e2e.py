@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nodecode.bench.fuse import GraphRunner, fold_bn
+from nodecode.bench.fuse import GraphRunner, fold_bn, maybe_graph
 from nodecode.errors import NodecodeError
 from nodecode.utils import atomic_write_bytes
 
@@ -91,9 +91,9 @@ def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor):
 
     def fn(u8):
         return m(prep(u8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).argmax(1)
-    if example_u8.device.type != "cuda":
+    graph = maybe_graph(fn, example_u8)
+    if not isinstance(graph, GraphRunner):
         return fn
-    graph = GraphRunner(fn, example_u8)
     return lambda u8: graph(u8) if u8.shape == graph.static_in.shape else fn(u8)
 
 

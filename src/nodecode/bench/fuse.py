@@ -48,3 +48,15 @@ class GraphRunner:
         self.static_in.copy_(x)
         self.graph.replay()
         return self.static_out
+
+
+def maybe_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, log=print):
+    """GraphRunner(fn, example) on CUDA; fn itself on the CPU or when capture fails (logged, the run goes on)."""
+    if example.device.type != "cuda":
+        return fn
+    try:
+        return GraphRunner(fn, example)
+    except Exception as e:  # noqa: BLE001 - an uncapturable op must not cost the whole benchmark
+        log(f"CUDA graph capture failed ({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); eager")
+        torch.cuda.synchronize()
+        return fn

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from nodecode.bench.flops import count_macs, model_gmacs
-from nodecode.bench.fuse import GraphRunner, fold_bn
+from nodecode.bench.fuse import GraphRunner, fold_bn, maybe_graph
 from nodecode.errors import NodecodeError
 
 IMPLS = ("eager-fp32", "eager-bf16", "optimized", "compiled")
@@ -119,7 +119,6 @@ def build(name: str, cfg: SpeedConfig) -> tuple[nn.Module, tuple, float, str]:
 def _runner(net: nn.Module, impl: str, example: torch.Tensor):
     """(callable x -> logits, converted example input) for one implementation."""
     dev = example.device
-    cuda = dev.type == "cuda"
     if impl == "eager-fp32":
         return net, example
     cl = example.contiguous(memory_format=torch.channels_last)
@@ -132,7 +131,7 @@ def _runner(net: nn.Module, impl: str, example: torch.Tensor):
     m = fold_bn(net).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
     fn = torch.compile(m) if impl == "compiled" else m
     x = cl.to(torch.bfloat16)
-    return (GraphRunner(fn, x) if cuda else fn), x
+    return maybe_graph(fn, x), x
 
 
 def bench_model(name: str, impl: str, cfg: SpeedConfig, peak: float, compile_spent: list) -> dict | None:
@@ -162,7 +161,7 @@ def bench_model(name: str, impl: str, cfg: SpeedConfig, peak: float, compile_spe
     return {"path": path, "model": name, "batch": shape[0], "precision": "fp32" if impl == "eager-fp32" else "bf16",
             "impl": impl, "images_per_s": ips, "ms_per_image": ms / shape[0],
             "peak_fraction": 2 * gmacs * 1e9 * ips / peak, "gmacs": gmacs, "input": list(shape[1:]),
-            "setup_s": setup_s, "weights": "random", "width": cfg.width,
+            "setup_s": setup_s, "weights": "random", "width": cfg.width, "cuda_graph": isinstance(fn, GraphRunner),
             "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if impl == "eager-fp32" and dev.type == "cuda" else None}
 
 
