@@ -187,7 +187,7 @@ def run(a) -> None:
         val = v.get("val") or v
         kd = v.get("kodak", {})
         f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
-        print(f"| {k} | {v['wall_s']:.0f} | {f(val.get('top1'))} | {f(val.get('top5'))} | {f(v.get('imagenette_bpp'))} | "
+        print(f"| {k} | {v.get('wall_s', 0):.0f} | {f(val.get('top1'))} | {f(val.get('top5'))} | {f(v.get('imagenette_bpp'))} | "
               f"{f(kd.get('bpp'))} | {f(kd.get('psnr'), '.2f')} | {f(kd.get('ms_ssim'))} |", flush=True)
     print(f"total wall this call: {(time.time() - r.t0) / 60:.2f} min")
 

@@ -98,6 +98,20 @@ def _flops(a):
     print(json.dumps(rows, indent=2) if a.json else format_table(rows))
 
 
+def _bench_speed(a):
+    from nodecode.bench.speed import IMPLS, SpeedConfig, run_all
+    from nodecode.errors import NodecodeError
+    impls = tuple(a.impls.split(","))
+    if set(impls) - set(IMPLS):
+        raise NodecodeError(f"unknown impl(s) {sorted(set(impls) - set(IMPLS))} (choose from {', '.join(IMPLS)})")
+    cfg = SpeedConfig(device=a.device, models=tuple(a.models.split(",")), impls=impls, batch=a.batch,
+                      seg_batch=a.seg_batch, latent_channels=a.channels, width=a.width, warmup=a.warmup,
+                      iters=a.iters, sets=a.sets, compile_models=tuple(filter(None, a.compile_models.split(","))),
+                      compile_budget_s=a.compile_budget_s, peak_n=a.peak_n)
+    run_all(cfg, a.json, a.e2e_data, a.e2e_work, a.e2e_limit, a.e2e_batch, a.workers, a.classifiers, a.kodak,
+            a.kodak_limit, a.cpu_images)
+
+
 def _demo(a):
     from nodecode.demo import run_demo
     run_demo(a.data, a.out, device=a.device, imagenette=a.imagenette)
@@ -258,6 +272,35 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("flops", help="Table 1: GMACs of the networks and the codec")
     f.add_argument("--json", action="store_true")
     f.set_defaults(fn=_flops)
+
+    from nodecode.bench.speed import SpeedConfig
+    sc = SpeedConfig()
+    b = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="what", required=True)
+    bs = b.add_parser("speed", help="Fig. 12 network speed; optionally end to end from files and Kodak codec speed")
+    bs.add_argument("--json", default=None, help="write all rows here")
+    bs.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    bs.add_argument("--models", default=",".join(sc.models))
+    bs.add_argument("--impls", default=",".join(sc.impls))
+    bs.add_argument("--batch", type=int, default=sc.batch)
+    bs.add_argument("--seg-batch", type=int, default=sc.seg_batch)
+    bs.add_argument("--channels", type=int, default=sc.latent_channels, help="latent C (bundled codec cC)")
+    bs.add_argument("--width", type=float, default=1.0)
+    bs.add_argument("--warmup", type=int, default=sc.warmup)
+    bs.add_argument("--iters", type=int, default=sc.iters)
+    bs.add_argument("--sets", type=int, default=sc.sets, help="distinct input tensors cycled")
+    bs.add_argument("--compile-models", default=",".join(sc.compile_models))
+    bs.add_argument("--compile-budget-s", type=float, default=sc.compile_budget_s)
+    bs.add_argument("--peak-n", type=int, default=sc.peak_n)
+    bs.add_argument("--e2e-data", default=None, help="ImageFolder (e.g. imagenette2-224/val): run end to end from files")
+    bs.add_argument("--e2e-work", default=None, help="where the .ndc/JPEG/WebP files are written (kept, reused)")
+    bs.add_argument("--e2e-limit", type=int, default=1024)
+    bs.add_argument("--e2e-batch", type=int, default=256)
+    bs.add_argument("--workers", type=int, default=None, help="decoding worker processes")
+    bs.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
+    bs.add_argument("--kodak", default=None, help="Kodak folder: codec encode/decode speed")
+    bs.add_argument("--kodak-limit", type=int, default=None)
+    bs.add_argument("--cpu-images", type=int, default=3, help="Kodak images timed on one CPU core")
+    bs.set_defaults(fn=_bench_speed)
     return p
 
 
