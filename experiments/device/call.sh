@@ -23,7 +23,8 @@ for stage in "$@"; do
     joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;
     *)     echo "unknown stage $stage"; continue ;;
   esac
-  "${cmd[@]}" 2>&1 | tee "/root/results/logs/$(printf %02d "$n")-$stage.log"
+  # a stage that overruns its budget is stopped 20 s after it, so the results still get packed
+  timeout -k 5 "$(python3 -c "print(int(60 * $m) + 20)")" "${cmd[@]}" 2>&1 | tee "/root/results/logs/$(printf %02d "$n")-$stage.log"
   n=$((n + 1))
 done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader

@@ -4,7 +4,7 @@
            only if missing] -> joint fine-tune (Eq. 2) -> codec-only fine-tune (control) -> cResNet-51 from scratch
            on the control codec -> 9 more epochs -> measurements (real .ndc bpp on Kodak and Imagenette val, PSNR /
            SSIM / MS-SSIM on Kodak, top-1/top-5 on Imagenette val) -> optional segmentation (--segmentation, only if
-           nodecode.tasks.segmentation exists). Finished stages are recorded in $OUT/runs.json and skipped; a stage
+           nodecode.tasks.segmentation exists). Finished stages are recorded in --out/runs.json and skipped; a stage
            cut by --budget-minutes resumes from its checkpoint next call.
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import sys
 import time
@@ -31,7 +30,7 @@ class Run:
 
     def __init__(self, a):
         self.a, self.t0 = a, time.time()
-        self.out = Path(os.environ.get("OUT", a.out))
+        self.out = Path(a.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.path = self.out / "runs.json"
         self.done = json.loads(self.path.read_text()) if self.path.exists() else {}

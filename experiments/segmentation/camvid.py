@@ -1,9 +1,9 @@
 """Table 2 (mIoU column), Fig. 4/5/6 on CamVid, resumably, in device calls of at most ~10 minutes.
 
   run      train the rows in order (seed 0), then the bundled narrow segmenter (cResNet-51-d, width 0.25, c8 latent,
-           written fp16 to $OUT/segmenter-c8.safetensors), then the Fig. 5-style PNG ($OUT/fig5_camvid.png), then seeds
+           written fp16 to --out/segmenter-c8.safetensors), then the Fig. 5-style PNG (--out/fig5_camvid.png), then seeds
            1 and 2 where two rows at one point differ by under one mIoU point (only while budget remains). Finished
-           work is skipped (state: $OUT/runs.json, run folders under --runs); stops cleanly before --budget-minutes.
+           work is skipped (state: --out/runs.json, run folders under --runs); stops cleanly before --budget-minutes.
   collect  from runs.json: results/segmentation/camvid.json, camvid.md (beside the paper's Table 2 mIoU),
            fig6_miou_vs_gmacs.png (c8, with and without the decoder), a copy of fig5_camvid.png, and the bundled
            segmenter (segmenter-c8.safetensors beside runs.json) copied into src/nodecode/weights/
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -137,7 +136,7 @@ def figure5(a, out: Path, done: dict) -> None:
 def run(a) -> None:
     import torch
     from nodecode.tasks.segmentation import load_segmenter, save_segmenter
-    out = Path(os.environ.get("OUT", a.out))
+    out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     state = out / "runs.json"
     done = json.loads(state.read_text()) if state.exists() else {}
