@@ -160,11 +160,11 @@ def collect(a) -> None:
                          f"{bundled[-1]['top5']:.2f} | 1 | {g:.3f} | – |")
     (res / "imagenette.json").write_text(json.dumps({"rows": table, "bundled": bundled}, indent=1) + "\n")
     (res / "imagenette.md").write_text("\n".join(lines) + "\n")
-    plots(done, table, res)
+    plots(done, table, res, bundled)
     print("\n".join(lines))
 
 
-def plots(done: dict, table: list, res: Path) -> None:
+def plots(done: dict, table: list, res: Path, bundled: list) -> None:
     """Fig. 3: validation top-5 per epoch (seed 0); Fig. 6: top-5 vs GMACs at c8, with and without the decoder."""
     import matplotlib
     matplotlib.use("Agg")
@@ -185,6 +185,8 @@ def plots(done: dict, table: list, res: Path) -> None:
         ax.plot([r["gmacs"] for r in rs], [r["top5"] for r in rs], style, label=f"{kind} (network only)")
         if kind == "decoded":
             ax.plot([r["gmacs_with_decoder"] for r in rs], [r["top5"] for r in rs], "s--", label="decoded + decoder")
+    for r in (r for r in bundled if r["point"] == "c8"):
+        ax.plot([r["gmacs"]], [r["top5"]], "^", label=f"latent, {r['model']}")
     ax.set_xlabel("GMACs"); ax.set_ylabel("val top-5 [%]"); ax.set_title("c8: accuracy vs computation (Fig. 6)")
     ax.grid(alpha=0.3); ax.legend()
     fig.tight_layout(); fig.savefig(res / "fig6_acc_vs_gmacs.png", dpi=100); plt.close(fig)

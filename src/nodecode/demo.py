@@ -17,6 +17,7 @@ from nodecode.utils import atomic_path, atomic_write_bytes, pick_device, provena
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # ship inside scikit-image
 SHARED_IMAGENETTE = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "imagenette2-224"
+SHARED_CAMVID = SHARED_IMAGENETTE.parent / "camvid"
 
 
 def default_images() -> list[tuple[str, np.ndarray]]:
@@ -96,8 +97,10 @@ def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | 
     return rows
 
 
-def demo_segmentation(out_dir: Path, names: list[str], device) -> list[dict]:
-    """Segment each image's c8 .ndc from its symbols with the bundled segmenter (§5); skipped with a note if absent."""
+def demo_segmentation(out_dir: Path, names: list[str], device, camvid: str | None = None) -> list[dict]:
+    """Segment c8 .ndc files from their symbols with the bundled segmenter (§5): CamVid val frames when present
+    (scored against their labels), else the demo photos; skipped with a note if the segmenter is absent."""
+    from PIL import Image
     from nodecode.errors import NodecodeError
     from nodecode.tasks.inference import bundled_segmenter, segment_file
     try:
@@ -105,8 +108,29 @@ def demo_segmentation(out_dir: Path, names: list[str], device) -> list[dict]:
     except NodecodeError as e:
         print(f"note: segmentation skipped: {e}")
         return []
-    return [segment_file(out_dir / f"{n}_c8.ndc", out_dir / f"{n}_c8_mask.png", out_dir / f"{n}_c8_overlay.png",
-                         model, device) for n in names]
+    val = Path(camvid or SHARED_CAMVID)
+    frames = sorted((val / "images" / "val").glob("*.jpg"))[::40] if (val / "images" / "val").is_dir() else []
+    rows = []
+    if frames:
+        seg_dir = out_dir / "camvid"
+        seg_dir.mkdir(parents=True, exist_ok=True)
+        codec = load_codec("c8", device)
+        for f in frames:
+            ndc = seg_dir / f"{f.stem}_c8.ndc"
+            compress_file(f, ndc, codec)
+            r = segment_file(ndc, seg_dir / f"{f.stem}_mask.png", seg_dir / f"{f.stem}_overlay.png", model, device)
+            label = np.asarray(Image.open(val / "labels" / "val" / f"{f.stem}.png"))
+            mask, keep = np.asarray(Image.open(r["mask"])), label != 11
+            rows.append({**r, "frame": f.name, "bpp": ndc.stat().st_size * 8 / label.size,
+                         "pixel_accuracy": float((mask[keep] == label[keep]).mean())})
+        print("\nsegmentation of CamVid val frames from c8 .ndc symbols (bundled cResNet-51-d width 0.25, no RGB decoding):")
+        for r in rows:
+            top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4])
+            print(f"{r['frame']:<18} {r['bpp']:.3f} bpp  pixel accuracy {r['pixel_accuracy']:.1%}  ({top})")
+    for n in names:
+        rows.append(segment_file(out_dir / f"{n}_c8.ndc", out_dir / f"{n}_c8_mask.png", out_dir / f"{n}_c8_overlay.png",
+                                 model, device))
+    return rows
 
 
 def format_demo(rows: list[dict]) -> str:
