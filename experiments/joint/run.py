@@ -3,15 +3,14 @@
   run      per operating point (c8, then c32) and seed: [baseline cResNet-51 = the Table 2 checkpoint, trained here
            only if missing] -> joint fine-tune (Eq. 2) -> codec-only fine-tune (control) -> cResNet-51 from scratch
            on the control codec -> 9 more epochs -> measurements (real .ndc bpp on Kodak and Imagenette val, PSNR /
-           SSIM / MS-SSIM on Kodak, top-1/top-5 on Imagenette val) -> optional segmentation (--segmentation, only if
-           nodecode.tasks.segmentation exists). Finished stages are recorded in --out/runs.json and skipped; a stage
+           SSIM / MS-SSIM on Kodak, top-1/top-5 on Imagenette val) -> optional §6.1 segmentation (--segmentation:
+           cResNet-51-d on CamVid from the control's and the joint backbone, codec frozen). Finished stages are recorded in --out/runs.json and skipped; a stage
            cut by --budget-minutes resumes from its checkpoint next call.
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import shutil
 import sys
@@ -85,16 +84,11 @@ def measure(a, codec_path: str, classifier: str | None) -> dict:
 
 
 def segmentation(a, codec_path: str, classifier: str, out: Path, minutes: float) -> dict | None:
-    """§6.1: freeze the codec, fine-tune cResNet-51-d from this backbone on CamVid (nodecode.tasks.segmentation)."""
-    from nodecode.tasks import segmentation as seg
-    cfg_cls, train = getattr(seg, "SegmentationTrainConfig", None), getattr(seg, "train_segmentation", None)
-    if cfg_cls is None or train is None:
-        return {"skipped": "nodecode.tasks.segmentation has no SegmentationTrainConfig/train_segmentation"}
-    fields = cfg_cls.__dataclass_fields__
-    kw = {"data": a.camvid, "out": str(out), "codec": codec_path, "cache_dir": a.cache, "max_minutes": minutes,
-          "progress": False}
-    kw.update({k: classifier for k in ("backbone", "init", "pretrained", "classifier") if k in fields})
-    train(cfg_cls(**{k: v for k, v in kw.items() if k in fields}))
+    """§6.1: freeze the codec, fine-tune cResNet-51-d from this backbone on CamVid (the App. A.5 recipe)."""
+    from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
+    train_segmenter(SegmenterTrainConfig(data=a.camvid, out=str(out), model="cresnet51_d", input="latent",
+                                         codec=codec_path, init=classifier, width=a.width, limit=a.limit,
+                                         iters=a.seg_iters, cache_dir=a.cache, max_minutes=minutes, progress=False))
     s = summary_of(out)
     return None if s is None else {"val": s.get("val"), "summary": str(out / "summary.json")}
 
@@ -160,9 +154,7 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
             dst = r.out / "weights" / f"{point}-joint{ext}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / f"joint-s{seed}" / f"codec{ext}", dst)
-    if ok and a.segmentation and seed == 0 and importlib.util.find_spec("nodecode.tasks.segmentation") is None:
-        print("segmentation skipped: nodecode.tasks.segmentation is not there", flush=True)
-    elif ok and a.segmentation and seed == 0:
+    if ok and a.segmentation and seed == 0:
         for row, c, k in (("compression_ft", ft["codec"], more["classifier"]),
                           ("joint_ft", joint["codec"], joint["classifier"])):
             ok = ok and r.stage(f"{point}/seg/{row}", lambda m, c=c, k=k, row=row: segmentation(
@@ -281,7 +273,8 @@ def main():
     ap.add_argument("--image-size", type=int, default=224, help="< 224 only for smoke tests")
     ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
     ap.add_argument("--kodak-limit", type=int, default=None)
-    ap.add_argument("--segmentation", action="store_true", help="also the §6.1 CamVid stage (needs tasks.segmentation)")
+    ap.add_argument("--segmentation", action="store_true", help="also the §6.1 CamVid stage (cResNet-51-d on the new codecs)")
+    ap.add_argument("--seg-iters", type=int, default=None, help="segmentation iterations (default: App. A.5 scaled, 694)")
     ap.add_argument("--budget-minutes", type=float, default=9.0)
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)
