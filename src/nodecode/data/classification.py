@@ -192,6 +192,12 @@ def load_inputs(folder: ImageFolder, kind: str, codec=None, webp_bpp: float | No
             cached_array(d / f"{tag}.npy", lambda: arr)
             write_json(info_path, info)
         return torch.from_numpy(arr), info
+    return codec_inputs(rgb, kind, codec, d, batch)
+
+
+def codec_inputs(rgb: torch.Tensor, kind: str, codec, d: Path | None, batch: int = 64) -> tuple[torch.Tensor, dict]:
+    """The latent symbols (kind "latent") or decoded images ("decoded") of uint8 `rgb` through `codec`, cached in
+    folder `d` per codec fingerprint, and info with the mean real .ndc bpp."""
     if codec is None:
         raise NodecodeError(f"the {kind} input kind needs a codec")
     tag = f"{codec.config.name}-{codec.fingerprint().hex()}"
@@ -206,7 +212,7 @@ def load_inputs(folder: ImageFolder, kind: str, codec=None, webp_bpp: float | No
     if kind == "latent":
         return torch.from_numpy(sym), info
     dec = cached_array(d / f"decoded-{tag}.npy" if d else None,
-                  lambda: decode_symbols(codec, sym, tuple(rgb.shape[2:]), batch))
+                       lambda: decode_symbols(codec, sym, tuple(rgb.shape[2:]), batch))
     return torch.from_numpy(dec), info
 
 

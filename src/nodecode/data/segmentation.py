@@ -20,7 +20,6 @@ labels.npy, latent-<codec>-<fingerprint>.npy (+ .json with the mean real .ndc bp
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import torch
 
 from nodecode.data.augment import Batches, generator
 from nodecode.data.cache import cached_array, pool_map
-from nodecode.data.classification import decode_symbols, encode_symbols, ndc_bpp
+from nodecode.data.classification import codec_inputs
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
 from nodecode.utils import write_json
@@ -117,22 +116,8 @@ def load_segmentation(folder: SegFolder, kind: str, codec=None, cache_dir=None, 
     rgb_t, lab_t = torch.from_numpy(rgb), torch.from_numpy(lab)
     if kind == "rgb":
         return rgb_t, lab_t, {}
-    if codec is None:
-        raise NodecodeError(f"the {kind} input kind needs a codec")
-    tag = f"{codec.config.name}-{codec.fingerprint().hex()}"
-    sym = cached_array(d / f"latent-{tag}.npy" if d else None, lambda: encode_symbols(codec, rgb_t, batch))
-    info_path = d / f"latent-{tag}.json" if d else None
-    if info_path is not None and info_path.exists():
-        info = json.loads(info_path.read_text())
-    else:
-        info = {"bpp": float(ndc_bpp(codec, sym, *rgb.shape[2:]).mean()), "codec": codec.config.name}
-        if info_path is not None:
-            write_json(info_path, info)
-    if kind == "latent":
-        return torch.from_numpy(sym), lab_t, info
-    dec = cached_array(d / f"decoded-{tag}.npy" if d else None,
-                       lambda: decode_symbols(codec, sym, tuple(rgb.shape[2:]), batch))
-    return torch.from_numpy(dec), lab_t, info
+    x, info = codec_inputs(rgb_t, kind, codec, d, batch)
+    return x, lab_t, info
 
 
 class SegBatches(Batches):
