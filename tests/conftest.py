@@ -12,6 +12,19 @@ KODAK = SHARED / "kodak"
 IMAGENETTE = SHARED / "imagenette2-224"
 
 
+def imagenette_subset(root: Path, classes: list[str], per_split: dict[str, int], names: bool = False) -> Path:
+    """An ImageFolder of symlinks to the first real Imagenette images of `classes` (+ classes.tsv if `names`)."""
+    for split, n in per_split.items():
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for f in sorted((IMAGENETTE / split / c).glob("*.JPEG"))[:n]:
+                (root / split / c / f.name).symlink_to(f)
+    if names:
+        tsv = (IMAGENETTE / "classes.tsv").read_text().splitlines()
+        (root / "classes.tsv").write_text("\n".join(r for r in tsv if r.split("\t")[0] in classes) + "\n")
+    return root
+
+
 def needs(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
 

@@ -18,7 +18,7 @@ from nodecode.tasks.classification import (ClassifierTrainConfig, evaluate_class
                                            save_classifier, train_classifier)
 from nodecode.tasks.inference import classify_files
 
-from conftest import IMAGENETTE, needs
+from conftest import IMAGENETTE, imagenette_subset, needs
 
 pytestmark = needs(IMAGENETTE)
 CLASSES = ["n01440764", "n02102040", "n02979186"]   # tench, English springer, cassette player
@@ -28,15 +28,7 @@ PER_SPLIT = {"train": 5, "val": 2}                   # 15 + 6 real photos
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """A 3-class ImageFolder of symlinks to real Imagenette images, with classes.tsv."""
-    root = tmp_path_factory.mktemp("nette")
-    for split, n in PER_SPLIT.items():
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for f in sorted((IMAGENETTE / split / c).glob("*.JPEG"))[:n]:
-                (root / split / c / f.name).symlink_to(f)
-    tsv = (IMAGENETTE / "classes.tsv").read_text().splitlines()
-    (root / "classes.tsv").write_text("\n".join(r for r in tsv if r.split("\t")[0] in CLASSES) + "\n")
-    return root
+    return imagenette_subset(tmp_path_factory.mktemp("nette"), CLASSES, PER_SPLIT, names=True)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from nodecode.models import create_model
 from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
 from nodecode.tasks.joint import JointModel, JointTrainConfig, joint_loss, train_joint
 
-from conftest import IMAGENETTE, needs
+from conftest import IMAGENETTE, imagenette_subset, needs
 
 CLASSES = ["n01440764", "n02102040", "n03000684"]
 PER_SPLIT = {"train": 2, "val": 1}
@@ -30,13 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    root = tmp_path_factory.mktemp("nette")
-    for split, n in PER_SPLIT.items():
-        for c in CLASSES:
-            (root / split / c).mkdir(parents=True)
-            for f in sorted((IMAGENETTE / split / c).glob("*.JPEG"))[:n]:
-                (root / split / c / f.name).symlink_to(f)
-    return root
+    return imagenette_subset(tmp_path_factory.mktemp("nette"), CLASSES, PER_SPLIT)
 
 
 def tiny_classifier(path, channels=8, classes=CLASSES):

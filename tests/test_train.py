@@ -8,7 +8,6 @@ from safetensors.torch import load_file
 
 from nodecode.codec.autoencoder import CodecConfig, CompressionModel
 from nodecode.codec.zoo import load_codec
-from nodecode.data.images import save_image
 from nodecode.tasks.compression import CodecTrainConfig, codec_loss, train_codec
 from nodecode.tasks.engine import Engine, EngineConfig
 

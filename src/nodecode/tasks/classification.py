@@ -26,14 +26,14 @@ from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config
 from nodecode.tasks.checkpoint import read_weights, save_weights
-from nodecode.tasks.engine import Engine, EngineConfig, init_distributed, is_main_process
+from nodecode.tasks.engine import Engine, RunOptions, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-classifier-1"
 
 
 @dataclass
-class ClassifierTrainConfig:
+class ClassifierTrainConfig(RunOptions):
     data: str                          # folder holding train/ and val/ ImageFolders (e.g. imagenette2-224)
     out: str
     model: str = "cresnet51"           # resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent
@@ -54,13 +54,6 @@ class ClassifierTrainConfig:
     val_split: str = "val"
     max_per_class: int | None = None   # a subset, for smoke runs
     eval_batch: int = 250
-    cache_dir: str | None = None
-    device: str | None = None
-    seed: int = 0
-    max_minutes: float | None = None
-    log_every: int = 50
-    amp: bool = True
-    progress: bool = True
 
 
 def check_kind(model: str, kind: str) -> None:
@@ -185,9 +178,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
             "codec_name": codec.config.name if codec is not None and cfg.input != "webp" else None,
             "webp_bpp": webp_bpp, "classes": train_f.classes, "class_names": train_f.names,
             "mean": mean.tolist(), "pixel_scale": 255, "size": list(train_x.shape[2:])}
-    engine = Engine(model, optimizer, EngineConfig(str(out), cfg.epochs * spe, log_every=min(cfg.log_every, spe),
-                                                   checkpoint_every_s=300, max_minutes=cfg.max_minutes, amp=cfg.amp,
-                                                   progress=cfg.progress),
+    engine = Engine(model, optimizer, cfg.engine_config(out, cfg.epochs * spe, log_every=min(cfg.log_every, spe),
+                                                         checkpoint_every_s=300),
                     lr_at=lambda s: 0.1 ** sum(s >= e * spe for e in cfg.lr_epochs), meta={"config": asdict(cfg)})
     bn = cfg.bn_batch or cfg.batch_size // world
     last: dict = {}

@@ -29,6 +29,23 @@ class EngineConfig:
     progress: bool = True
 
 
+@dataclass(kw_only=True)
+class RunOptions:
+    """What every task's training run takes besides its recipe (a base of the task configs, keyword-only)."""
+    cache_dir: str | None = None       # decode-once input caches
+    device: str | None = None
+    seed: int = 0
+    max_minutes: float | None = None   # time budget: stop with a checkpoint, rerun to resume
+    log_every: int = 50
+    amp: bool = True                   # bf16 autocast on CUDA
+    progress: bool = True
+
+    def engine_config(self, out, total_steps: int, **kw) -> EngineConfig:
+        """The engine's settings for this run; `kw` overrides (e.g. a shorter log_every, checkpoint_every_s)."""
+        base = dict(log_every=self.log_every, max_minutes=self.max_minutes, amp=self.amp, progress=self.progress)
+        return EngineConfig(str(out), total_steps, **{**base, **kw})
+
+
 def is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 

@@ -29,14 +29,14 @@ from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.tasks.classification import load_classifier, save_classifier
 from nodecode.tasks.compression import rate_distortion_loss, symbol_counts
-from nodecode.tasks.engine import Engine, EngineConfig
+from nodecode.tasks.engine import Engine, RunOptions
 from nodecode.utils import pick_device, provenance, write_json
 
 PAPER_BETA = {8: 600.0, 32: 150.0}  # App. A.8, by latent channels C
 
 
 @dataclass
-class JointTrainConfig:
+class JointTrainConfig(RunOptions):
     data: str                          # folder with train/ and val/ ImageFolders (imagenette2-224)
     out: str
     codec: str = "c8"                  # starting codec: bundled name or codec .safetensors
@@ -55,13 +55,6 @@ class JointTrainConfig:
     max_per_class: int | None = None
     table_images: int = 4096           # training images the entropy tables are refitted on
     eval_batch: int = 250
-    cache_dir: str | None = None
-    device: str | None = None
-    seed: int = 0
-    max_minutes: float | None = None
-    log_every: int = 50
-    amp: bool = True
-    progress: bool = True
 
 
 class JointModel(nn.Module):
@@ -145,9 +138,8 @@ def train_joint(cfg: JointTrainConfig) -> Path:
               {"params": [p for p in cls_params if p.ndim <= 1], "weight_decay": 0.0}]
     optimizer = torch.optim.SGD([g for g in groups if g["params"]], lr=cfg.base_lr * cfg.batch_size / 64,
                                 momentum=cfg.momentum)
-    engine = Engine(model, optimizer, EngineConfig(str(out), steps, log_every=min(cfg.log_every, spe),
-                                                   checkpoint_every_s=120, max_minutes=cfg.max_minutes, amp=cfg.amp,
-                                                   progress=cfg.progress),
+    engine = Engine(model, optimizer, cfg.engine_config(out, steps, log_every=min(cfg.log_every, spe),
+                                                         checkpoint_every_s=120),
                     lr_at=lambda s: 0.1 ** sum(s >= e * spe for e in cfg.lr_epochs), meta={"config": asdict(cfg)})
     last: dict = {}
 

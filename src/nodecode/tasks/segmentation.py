@@ -33,7 +33,7 @@ from nodecode.models import create_model, get_config
 from nodecode.models.aspp import upsample_logits
 from nodecode.models.resnet import load_backbone
 from nodecode.tasks.checkpoint import read_weights, save_weights
-from nodecode.tasks.engine import Engine, EngineConfig
+from nodecode.tasks.engine import Engine, RunOptions
 from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-segmenter-1"
@@ -46,7 +46,7 @@ def scaled_iterations(n_train: int, batch: int = PAPER_BATCH) -> int:
 
 
 @dataclass
-class SegmenterTrainConfig:
+class SegmenterTrainConfig(RunOptions):
     data: str                       # CamVid-layout folder (images/{split}, labels/{split}, classes.tsv)
     out: str
     model: str = "cresnet51_d"      # resnet50_d/71_d for rgb and decoded, cresnet39_d/51_d/72_d for latent
@@ -66,13 +66,6 @@ class SegmenterTrainConfig:
     limit: int | None = None        # first N frames of each split (smoke runs)
     eval_splits: tuple[str, ...] = ("val", "test")
     eval_batch: int = 10
-    cache_dir: str | None = None
-    device: str | None = None
-    seed: int = 0
-    max_minutes: float | None = None
-    log_every: int = 50
-    amp: bool = True
-    progress: bool = True
 
 
 class FrozenBN(nn.Module):
@@ -192,8 +185,7 @@ def train_segmenter(cfg: SegmenterTrainConfig) -> Path:
             "codec": cfg.codec if codec is not None else None,
             "codec_name": codec.config.name if codec is not None else None, "classes": list(range(len(folder.names))),
             "class_names": folder.names, "ignore_index": IGNORE, "mean": mean.tolist(), "init": cfg.init}
-    engine = Engine(model, optimizer, EngineConfig(str(out), iters, log_every=min(cfg.log_every, iters),
-                                                   max_minutes=cfg.max_minutes, amp=cfg.amp, progress=cfg.progress),
+    engine = Engine(model, optimizer, cfg.engine_config(out, iters, log_every=min(cfg.log_every, iters)),
                     lr_at=lambda s: (1 - s / iters) ** cfg.power, meta={"config": asdict(cfg)})
 
     def step_fn(m, batch):
