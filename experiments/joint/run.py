@@ -83,12 +83,14 @@ def measure(a, codec_path: str, classifier: str | None) -> dict:
     return res
 
 
-def segmentation(a, codec_path: str, classifier: str, out: Path, minutes: float) -> dict | None:
+def segmentation(a, codec_path: str, classifier: str, out: Path, seed: int, minutes: float) -> dict | None:
     """§6.1: freeze the codec, fine-tune cResNet-51-d from this backbone on CamVid (the App. A.5 recipe)."""
     from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
     train_segmenter(SegmenterTrainConfig(data=a.camvid, out=str(out), model="cresnet51_d", input="latent",
                                          codec=codec_path, init=classifier, width=a.width, limit=a.limit,
-                                         iters=a.seg_iters, cache_dir=a.cache, max_minutes=minutes, progress=False))
+                                         iters=a.seg_iters, cache_dir=a.cache, seed=seed,
+                                         **({"batch_size": a.seg_batch_size} if a.seg_batch_size else {}), max_minutes=minutes,
+                                         progress=False))
     s = summary_of(out)
     return None if s is None else {"val": s.get("val"), "summary": str(out / "summary.json")}
 
@@ -146,19 +148,20 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
         lr_epochs=(3, 6), base_lr=0.0025))
     if not more:
         return False
-    ok = all(r.stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k)) for row, c, k in (
-        ("baseline", point, base["classifier"]), ("compression_ft", ft["codec"], more["classifier"]),
-        ("joint_ft", joint["codec"], joint["classifier"])))
+    rows = (("baseline", point, base["classifier"]), ("compression_ft", ft["codec"], more["classifier"]),
+            ("joint_ft", joint["codec"], joint["classifier"]))
+    # the baseline's codec and classifier do not depend on the seed: measured once
+    ok = all(r.stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k))
+             for row, c, k in rows if seed == 0 or row != "baseline")
     if ok and seed == 0:  # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
         for ext in (".safetensors", ".json"):
             dst = r.out / "weights" / f"{point}-joint{ext}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / f"joint-s{seed}" / f"codec{ext}", dst)
-    if ok and a.segmentation and seed == 0:
-        for row, c, k in (("compression_ft", ft["codec"], more["classifier"]),
-                          ("joint_ft", joint["codec"], joint["classifier"])):
-            ok = ok and r.stage(f"{point}/seg/{row}", lambda m, c=c, k=k, row=row: segmentation(
-                a, c, k, work / f"seg-{row}", m)) is not None
+    if ok and a.segmentation:  # one segmenter per row and seed (the seed also drives the segmenter's own init)
+        for row, c, k in rows:
+            ok = ok and r.stage(f"{point}/seg/{row}-s{seed}", lambda m, c=c, k=k, row=row: segmentation(
+                a, c, k, work / f"seg-{row}-s{seed}", seed, m)) is not None
     return bool(ok)
 
 
@@ -173,19 +176,22 @@ def run(a) -> None:
         else:
             continue
         break
-    print("| stage | wall s | top-1 | top-5 | bpp (Imagenette) | Kodak bpp | PSNR | MS-SSIM |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| stage | wall s | top-1 | top-5 | mIoU | bpp (Imagenette) | Kodak bpp | PSNR | MS-SSIM |\n"
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k, v in r.done.items():
         val = v.get("val") or v
         kd = v.get("kodak", {})
         f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
-        print(f"| {k} | {v.get('wall_s', 0):.0f} | {f(val.get('top1'))} | {f(val.get('top5'))} | {f(v.get('imagenette_bpp'))} | "
+        print(f"| {k} | {v.get('wall_s', 0):.0f} | {f(val.get('top1'))} | {f(val.get('top5'))} | {f(val.get('miou'))} | {f(v.get('imagenette_bpp'))} | "
               f"{f(kd.get('bpp'))} | {f(kd.get('psnr'), '.2f')} | {f(kd.get('ms_ssim'))} |", flush=True)
     print(f"total wall this call: {(time.time() - r.t0) / 60:.2f} min")
 
 
 def collect(a) -> None:
     import numpy as np
-    done = json.loads(Path(a.runs_json).read_text())
+    done = {}
+    for f in a.runs_json:  # one runs.json per parallel process (per point), merged
+        done.update(json.loads(Path(f).read_text()))
     res = ROOT / "results" / "joint"
     res.mkdir(parents=True, exist_ok=True)
     points = sorted({k.split("/")[0] for k in done}, key=lambda p: int(p[1:]))
@@ -197,10 +203,12 @@ def collect(a) -> None:
             if not ms:
                 continue
             t1, t5 = [100 * m["top1"] for m in ms], [100 * m["top5"] for m in ms]
-            seg = done.get(f"{p}/seg/{row}", {})
+            mi = [100 * v["val"]["miou"] for k, v in done.items() if k.startswith(f"{p}/seg/{row}-s") and v.get("val")]
             table[p][row] = {"imagenette_bpp": ms[0]["imagenette_bpp"], "kodak": ms[0]["kodak"],
                              "top1": float(np.mean(t1)), "top1_std": float(np.std(t1)), "top5": float(np.mean(t5)),
-                             "seeds": len(ms), "miou": (seg.get("val") or {}).get("miou"), "codec": ms[0]["codec_name"]}
+                             "seeds": len(ms), "miou": float(np.mean(mi)) if mi else None,
+                             "miou_std": float(np.std(mi)) if mi else None, "miou_seeds": len(mi),
+                             "codec": ms[0]["codec_name"]}
         table[p]["stage_wall_s"] = {k.split("/", 1)[1]: v["wall_s"] for k, v in done.items() if k.startswith(p + "/")}
         table[p]["device"] = next((v["device"] for k, v in done.items() if k.startswith(p + "/")), None)
     (res / "summary.json").write_text(json.dumps({"points": table, "paper_bpp": PAPER_BPP}, indent=1) + "\n")
@@ -211,9 +219,10 @@ def collect(a) -> None:
             if row in table[p]:
                 t = table[p][row]
                 k, miou = t["kodak"], t["miou"]
+                miou_s = "–" if miou is None else f"{miou:.2f} ± {t['miou_std']:.2f} ({t['miou_seeds']})"
                 lines.append(f"| {p} | {row} | {k['bpp']:.4f} | {t['imagenette_bpp']:.4f} | {k['psnr']:.2f} | "
                              f"{k['ssim']:.4f} | {k['ms_ssim']:.4f} | {t['top1']:.2f} ± {t['top1_std']:.2f} | "
-                             f"{t['top5']:.2f} | {'–' if miou is None else f'{100 * miou:.1f}'} | {t['seeds']} |")
+                             f"{t['top5']:.2f} | {miou_s} | {t['seeds']} |")
     (res / "summary.md").write_text("\n".join(lines) + "\n")
     plots(table, res)
     print("\n".join(lines))
@@ -261,7 +270,8 @@ def main():
     ap.add_argument("--cls-root", default="/root/cls", help="Table 2 classifiers: <point>-latent-cresnet51-s0/")
     ap.add_argument("--work", default="/root/joint")
     ap.add_argument("--out", default="/root/results/joint")
-    ap.add_argument("--runs-json", default=str(ROOT / "results" / "joint" / "runs.json"), help="collect: input")
+    ap.add_argument("--runs-json", nargs="+", default=[str(ROOT / "results" / "joint" / "runs.json")],
+                    help="collect: input(s), merged")
     ap.add_argument("--points", default="c8,c32")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--epochs", type=float, default=9, help="joint / codec-only fine-tune epochs (App. A.8)")
@@ -275,6 +285,7 @@ def main():
     ap.add_argument("--kodak-limit", type=int, default=None)
     ap.add_argument("--segmentation", action="store_true", help="also the §6.1 CamVid stage (cResNet-51-d on the new codecs)")
     ap.add_argument("--seg-iters", type=int, default=None, help="segmentation iterations (default: App. A.5 scaled, 694)")
+    ap.add_argument("--seg-batch-size", type=int, default=None, help="default: App. A.5's 10 (smaller for smoke tests)")
     ap.add_argument("--budget-minutes", type=float, default=9.0)
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)
