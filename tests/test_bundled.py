@@ -14,8 +14,8 @@ from nodecode.eval.metrics import psnr
 GPU_FILES = Path(__file__).parent / "data" / "gpu_kodak"
 
 
-def test_three_points_bundled_small_and_safetensors():
-    assert list_codecs() == ["c8", "c16", "c32"]
+def test_bundled_codecs_small_and_safetensors():
+    assert list_codecs() == ["c8", "c16", "c32", "c8-joint"]
     total = 0
     for name in OPERATING_POINTS:
         path = WEIGHTS_DIR / f"{name}.safetensors"
@@ -51,6 +51,27 @@ def test_files_written_on_gpu_decode_to_identical_symbols_on_cpu(point):
         assert hashlib.sha256(symbols.astype(np.uint8).tobytes()).hexdigest() == digest, fname
 
 
+def test_joint_codec_is_bundled_and_its_files_decode_by_name(kodak_crop, tmp_path, capsys):
+    """§6's c8-joint: its own weights and symbols, files naming it decode without --model; no bundled classifier."""
+    from PIL import Image
+    from nodecode.cli import main
+    base, joint = load_codec("c8"), load_codec("c8-joint")
+    assert joint.config.name == "c8-joint" and joint.config.channels == 8
+    assert not torch.equal(base.quantizer.centers, joint.quantizer.centers)
+    Image.fromarray(np.ascontiguousarray(kodak_crop)).save(tmp_path / "crop.png")
+    assert main(["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "j.ndc"), "--model", "c8-joint"]) == 0
+    data = (tmp_path / "j.ndc").read_bytes()
+    header, symbols = joint.read_symbols(data)
+    assert header.model == "c8-joint"
+    assert not np.array_equal(symbols, base.read_symbols(base.compress(to_tensor(kodak_crop)))[1])
+    assert main(["decompress", str(tmp_path / "j.ndc"), "-o", str(tmp_path / "j.png")]) == 0
+    out = np.asarray(Image.open(tmp_path / "j.png"))
+    assert np.array_equal(out, to_uint8(joint.decompress(data))) and psnr(kodak_crop, out) > 20
+    capsys.readouterr()
+    assert main(["classify", str(tmp_path / "j.ndc")]) == 2
+    assert capsys.readouterr().err.startswith("nodecode: error: no bundled classifier for 'c8-joint'")
+
+
 def test_latent_path_needs_no_decoder(kodak_crop):
     codec = load_codec("c8")
     data = codec.compress(to_tensor(kodak_crop))
@@ -62,8 +83,8 @@ def test_latent_path_needs_no_decoder(kodak_crop):
 
 def test_all_bundled_weights_fit_the_budget():
     files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
-    assert {f.stem for f in files} >= {"c8", "c16", "c32", "classifier-c8", "classifier-c16", "classifier-c32",
-                                       "segmenter-c8"}
+    assert {f.stem for f in files} >= {"c8", "c16", "c32", "c8-joint", "classifier-c8", "classifier-c16",
+                                       "classifier-c32", "segmenter-c8"}
     assert sum(f.stat().st_size for f in files) <= 32 * 2**20
 
 

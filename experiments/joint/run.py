@@ -204,7 +204,10 @@ def collect(a) -> None:
                 continue
             t1, t5 = [100 * m["top1"] for m in ms], [100 * m["top5"] for m in ms]
             mi = [100 * v["val"]["miou"] for k, v in done.items() if k.startswith(f"{p}/seg/{row}-s") and v.get("val")]
-            table[p][row] = {"imagenette_bpp": ms[0]["imagenette_bpp"], "kodak": ms[0]["kodak"],
+            # codec metrics: mean over seeds (each joint seed has its own codec; the others share one)
+            kodak = {k: float(np.mean([m["kodak"][k] for m in ms])) for k in ms[0]["kodak"]}
+            table[p][row] = {"imagenette_bpp": float(np.mean([m["imagenette_bpp"] for m in ms])), "kodak": kodak,
+                             "kodak_bpp_seeds": [m["kodak"]["bpp"] for m in ms],
                              "top1": float(np.mean(t1)), "top1_std": float(np.std(t1)), "top5": float(np.mean(t5)),
                              "seeds": len(ms), "miou": float(np.mean(mi)) if mi else None,
                              "miou_std": float(np.std(mi)) if mi else None, "miou_seeds": len(mi),
@@ -247,16 +250,22 @@ def plots(table, res: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4))
-    _arrows(ax, table, lambda r: r["imagenette_bpp"], lambda r: r["top1"])
-    ax.set_xlabel("bpp (real .ndc, Imagenette val)"); ax.set_ylabel("top-1 [%]"); ax.grid(alpha=0.3); ax.legend()
-    ax.set_title("Fig. 7: classification, baseline -> fine-tuned")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, m, lab in zip(axes, ("top1", "miou"), ("top-1, Imagenette val [%]", "mIoU, CamVid val [%]")):
+        _arrows(ax, {p: {r: v for r, v in rows.items() if isinstance(v, dict) and v.get(m) is not None}
+                     for p, rows in table.items()}, lambda r: r["imagenette_bpp"], lambda r, m=m: r[m])
+        ax.set_xscale("log"); ax.set_xlabel("bpp (real .ndc, Imagenette val)"); ax.set_ylabel(lab)
+        ax.grid(alpha=0.3); ax.legend()
+    fig.suptitle("Fig. 7: classification and segmentation, baseline -> fine-tuned (mean of 3 seeds)")
     fig.tight_layout(); fig.savefig(res / "fig7_accuracy.png", dpi=100); plt.close(fig)
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-    for ax, m, lab in zip(axes, ("ms_ssim", "ssim", "psnr"), ("MS-SSIM", "SSIM", "PSNR [dB]")):
-        _arrows(ax, table, lambda r: r["kodak"]["bpp"], lambda r, m=m: r["kodak"][m])
-        ax.set_xlabel("bpp (real .ndc, Kodak)"); ax.set_ylabel(lab); ax.grid(alpha=0.3); ax.legend()
-    fig.suptitle("Fig. 11: compression metrics, baseline -> fine-tuned")
+    points = [p for p in table if "baseline" in table[p]]
+    fig, axes = plt.subplots(len(points), 3, figsize=(14, 3.6 * len(points)), squeeze=False)
+    for p, row in zip(points, axes):  # one row per operating point, as App. A.7 (the points are far apart in bpp)
+        for ax, m, lab in zip(row, ("ms_ssim", "ssim", "psnr"), ("MS-SSIM", "SSIM", "PSNR [dB]")):
+            _arrows(ax, {p: table[p]}, lambda r: r["kodak"]["bpp"], lambda r, m=m: r["kodak"][m])
+            ax.set_xlabel("bpp (real .ndc, Kodak)"); ax.set_ylabel(lab); ax.grid(alpha=0.3); ax.legend(fontsize=8)
+            ax.set_title(f"{p}: {lab}", fontsize=10)
+    fig.suptitle("Fig. 11: compression metrics, baseline -> fine-tuned (joint: mean of 3 seeds' codecs)")
     fig.tight_layout(); fig.savefig(res / "fig11_compression.png", dpi=100); plt.close(fig)
 
 
@@ -270,7 +279,7 @@ def main():
     ap.add_argument("--cls-root", default="/root/cls", help="Table 2 classifiers: <point>-latent-cresnet51-s0/")
     ap.add_argument("--work", default="/root/joint")
     ap.add_argument("--out", default="/root/results/joint")
-    ap.add_argument("--runs-json", nargs="+", default=[str(ROOT / "results" / "joint" / "runs.json")],
+    ap.add_argument("--runs-json", nargs="+", default=[str(ROOT / "results" / "joint" / f"runs-{p}.json") for p in ("c8", "c32")],
                     help="collect: input(s), merged")
     ap.add_argument("--points", default="c8,c32")
     ap.add_argument("--seeds", type=int, default=1)

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compress", help="image -> .ndc file")
     c.add_argument("image")
     c.add_argument("-o", "--output", required=True)
-    c.add_argument("--model", default="c8", help="c8, c16, c32 or a codec .safetensors path")
+    c.add_argument("--model", default="c8", help="c8, c16, c32, c8-joint or a codec .safetensors path")
     c.add_argument("--device", default=None)
     c.set_defaults(fn=_compress)
 

@@ -1,4 +1,4 @@
-"""The bundled operating points c8, c16, c32 (§3.1) and how to load or save any codec as safetensors."""
+"""The bundled operating points c8, c16, c32 (§3.1), c8-joint (§6), and how to load or save any codec as safetensors."""
 from __future__ import annotations
 
 import json
@@ -14,21 +14,23 @@ from nodecode.utils import atomic_path, write_json
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 OPERATING_POINTS = {"c8": 0.0983, "c16": 0.330, "c32": 0.635}  # the paper's bpp for C = 8, 16, 32
+FINE_TUNED = {"c8-joint": "c8"}  # §6: jointly fine-tuned with cResNet-51 (Eq. 2) from its base point, where that won
+BUNDLED = (*OPERATING_POINTS, *FINE_TUNED)
 
 
 def list_codecs() -> list[str]:
-    return [n for n in OPERATING_POINTS if (WEIGHTS_DIR / f"{n}.safetensors").exists()]
+    return [n for n in BUNDLED if (WEIGHTS_DIR / f"{n}.safetensors").exists()]
 
 
 def resolve(name_or_path: str) -> Path:
-    if name_or_path in OPERATING_POINTS:
+    if name_or_path in BUNDLED:
         p = WEIGHTS_DIR / f"{name_or_path}.safetensors"
         if not p.exists():
             raise NodecodeError(f"bundled codec '{name_or_path}' is missing from {WEIGHTS_DIR}")
         return p
     p = Path(name_or_path)
     if not p.exists():
-        raise NodecodeError(f"no codec named '{name_or_path}' (bundled: {', '.join(OPERATING_POINTS)}) and no such file")
+        raise NodecodeError(f"no codec named '{name_or_path}' (bundled: {', '.join(BUNDLED)}) and no such file")
     return p
 
 
