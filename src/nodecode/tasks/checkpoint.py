@@ -86,3 +86,16 @@ def read_weights(path: str | Path, fmt: str, what: str) -> tuple[dict, dict]:
     if info.get("format") != fmt:
         raise NodecodeError(f"{path} is not a nodecode {what}")
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, json.loads(info["meta"])
+
+
+def load_network(path: str | Path, fmt: str, what: str, device=None) -> tuple[torch.nn.Module, dict]:
+    """(registry model in eval mode, fp32, meta) from `<what>.safetensors` (save_weights, format `fmt`) or its run folder."""
+    from nodecode.models import create_model
+    from nodecode.utils import pick_device
+    path = Path(path)
+    path = path / f"{what}.safetensors" if path.is_dir() else path
+    state, meta = read_weights(path, fmt, what)
+    model = create_model(meta["model"], in_channels=meta["in_channels"], num_classes=len(meta["classes"]),
+                         width=meta["width"])
+    model.load_state_dict(state)
+    return model.to(pick_device(device)).eval(), meta

@@ -25,7 +25,7 @@ from nodecode.data.classification import channel_mean, load_inputs, scan_image_f
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config
-from nodecode.tasks.checkpoint import read_weights, save_weights
+from nodecode.tasks.checkpoint import load_network, save_weights
 from nodecode.tasks.engine import Engine, RunOptions, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
 
@@ -114,13 +114,7 @@ def bundled_classifier(point: str) -> Path:
 
 def load_classifier(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, fp32, meta) from classifier.safetensors or a run folder holding it."""
-    path = Path(path)
-    path = path / "classifier.safetensors" if path.is_dir() else path
-    state, meta = read_weights(path, FORMAT, "classifier")
-    model = create_model(meta["model"], in_channels=meta["in_channels"], num_classes=len(meta["classes"]),
-                         width=meta["width"])
-    model.load_state_dict(state)
-    return model.to(pick_device(device)).eval(), meta
+    return load_network(path, FORMAT, "classifier", device)
 
 
 def _inputs(folder, kind, codec, webp_bpp, cache_dir):

@@ -32,7 +32,7 @@ from nodecode.eval.metrics import ConfusionMatrix
 from nodecode.models import create_model, get_config
 from nodecode.models.aspp import upsample_logits
 from nodecode.models.resnet import load_backbone
-from nodecode.tasks.checkpoint import read_weights, save_weights
+from nodecode.tasks.checkpoint import load_network, save_weights
 from nodecode.tasks.engine import Engine, RunOptions
 from nodecode.utils import pick_device, provenance, write_json
 
@@ -130,13 +130,7 @@ def save_segmenter(model: nn.Module, path: str | Path, meta: dict, half: bool = 
 
 def load_segmenter(path: str | Path, device=None) -> tuple[nn.Module, dict]:
     """(model in eval mode, fp32, meta) from segmenter.safetensors or a run folder holding it."""
-    path = Path(path)
-    path = path / "segmenter.safetensors" if path.is_dir() else path
-    state, meta = read_weights(path, FORMAT, "segmenter")
-    model = create_model(meta["model"], in_channels=meta["in_channels"], num_classes=len(meta["classes"]),
-                         width=meta["width"])
-    model.load_state_dict(state)
-    return model.to(pick_device(device)).eval(), meta
+    return load_network(path, FORMAT, "segmenter", device)
 
 
 def _data(cfg_or_meta_input, root, split, codec, cache_dir, limit):
