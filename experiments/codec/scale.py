@@ -90,7 +90,7 @@ def stage_bench(a, res: Path) -> dict:
         torch.cuda.empty_cache() if dev.type == "cuda" else None
     out["profile_today"] = profile_step(base if not a.smoke else replace(base, batch_size=4), tiles, steps=5 if not a.smoke else 1)
     ok = {k: r for k, r in out["rows"].items() if "error" not in r}
-    today = ok.get("today: b32 160² eager")
+    today = ok.get("b32 160² eager")
     best = max(ok, key=lambda k: ok[k]["pixel_samples_per_s_per_gpu"])
     out["best"] = best
     out["speedup_vs_today"] = ok[best]["pixel_samples_per_s_per_gpu"] / today["pixel_samples_per_s_per_gpu"] if today else None

@@ -32,13 +32,13 @@ def step_runner(cfg: CodecTrainConfig, tiles: torch.Tensor, compile: bool = Fals
     gen = torch.Generator().manual_seed(cfg.seed)
     use_amp = amp and device.type == "cuda"
 
-    def one(i: int) -> torch.Tensor:
+    def one(i: int) -> tuple[torch.Tensor, dict]:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            loss, _ = step_fn(net, batch_fn(i, gen))
+            loss, logs = step_fn(net, batch_fn(i, gen))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        return loss
+        return loss, logs
     return one
 
 
@@ -88,15 +88,52 @@ def profile_step(cfg: CodecTrainConfig, tiles: torch.Tensor, steps: int = 5, top
 
 
 def variants(base: CodecTrainConfig) -> dict[str, tuple[CodecTrainConfig, bool]]:
-    """The step configurations compared: today's (batch 32 of 160², eager bf16) and the candidates."""
+    """The step configurations compared (batch of crops, compiled or eager bf16)."""
     return {
-        "today: b32 160² eager": (base, False),
+        "b32 160² eager": (base, False),
         "b32 160² compiled": (base, True),
-        "b64 160² compiled": (replace(base, batch_size=64), True),
         "b128 128² eager": (replace(base, batch_size=128, crop=128), False),
         "b128 128² compiled": (replace(base, batch_size=128, crop=128), True),
+        "b256 128² eager": (replace(base, batch_size=256, crop=128), False),
         "b256 128² compiled": (replace(base, batch_size=256, crop=128), True),
     }
+
+
+def indexing_quantizer(q, y):
+    """Q̄ as the earlier code wrote it (ŷ = centers[z]: an index_put accumulation in the backward), for before/after."""
+    y = y.float()
+    d = q.distances(y)
+    soft = torch.softmax(-q.sigma * d, dim=-1)
+    symbols = d.argmin(dim=-1)
+    hard = torch.nn.functional.one_hot(symbols, q.num_centers).to(soft.dtype)
+    y_soft = (soft * q.centers).sum(-1)
+    return q.centers[symbols] + (y_soft - y_soft.detach()), symbols, hard + (soft - soft.detach())
+
+
+class legacy_quantizer:
+    """Context: every ScalarQuantizer computes ŷ by indexing, as before the one-hot form."""
+
+    def __enter__(self):
+        from nodecode.codec.quantizer import ScalarQuantizer
+        self._cls, self._fwd = ScalarQuantizer, ScalarQuantizer.forward
+        ScalarQuantizer.forward = indexing_quantizer
+        return self
+
+    def __exit__(self, *exc):
+        self._cls.forward = self._fwd
+
+
+def trajectory(cfg: CodecTrainConfig, tiles: torch.Tensor, steps: int, compile: bool, every: int = 100) -> list[dict]:
+    """Mean train PSNR / entropy over every `every` steps of a short run (eager and compiled must agree)."""
+    one = step_runner(cfg, tiles, compile)
+    out, acc = [], []
+    for i in range(steps):
+        acc.append(one(i)[1])
+        if (i + 1) % every == 0:
+            out.append({"step": i + 1, **{k: float(torch.stack([a[k].float() for a in acc]).mean())
+                                          for k in ("psnr", "entropy")}})
+            acc = []
+    return out
 
 
 def ddp_main(cfg: CodecTrainConfig, tiles_fn, compile: bool) -> dict | None:
