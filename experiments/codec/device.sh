@@ -2,7 +2,7 @@
 # One device call of the codec-at-scale session (experiments/codec/scale.py). Every call: install the carried wheels
 # once, unpack the carried dataset shards once (a marker per shard), then:
 #   start MIN    launch the whole pipeline in the background (setsid: it outlives the call) with MIN wall minutes
-#   poll SEC     wait SEC seconds, print the pipeline's status; small results come back in $OUT
+#   poll SEC     wait SEC seconds, print the pipeline's status; small results and fp16 snapshots of the runs come back
 #   final        print the status; every result (weights included) comes back in $OUT as tars of <= 15 MiB
 #   (no verb)    only unpack data; `ready-train` / `ready-camvid` mark those data sets complete for the pipeline
 set -u
@@ -21,7 +21,7 @@ case ${1:-} in
          setsid nohup python3 experiments/codec/scale.py all --deadline-min "$2" --wait-train /root/marks/train-ready \
            --wait-camvid /root/marks/camvid-ready > /root/res/pipeline.log 2>&1 < /dev/null &
          sleep 20; cat /root/res/pipeline.log ;;
-  poll)  sleep "$2"; python3 experiments/codec/scale.py status; mkdir -p /tmp/light
+  poll)  sleep "$2"; python3 experiments/codec/scale.py status; rm -rf /root/res/snap; python3 experiments/codec/scale.py snapshot
          (cd /root/res && tar -cf "$OUT/light.tar" --exclude=weights --exclude=gpu_kodak .) ;;
   final) python3 experiments/codec/scale.py status; python3 experiments/codec/scale.py pack --out "$OUT"; ls -la "$OUT" ;;
 esac
