@@ -70,13 +70,14 @@ def rate_distortion_loss(out: dict, x: torch.Tensor, beta: float, target_entropy
     mse = F.mse_loss(out["x_hat"].float(), x) * 255.0**2
     if world > 1:
         from torch.distributed.nn.functional import all_reduce
-        h = entropy_bits(all_reduce(out["probs"].float()) / world)
+        probs = all_reduce(out["probs"].float()) / world
+        h = entropy_bits(probs)
+        bpp = h * probs.shape[0] / DOWNSAMPLING**2
     else:
-        h = out["entropy"]
+        h, bpp = out["entropy"], out["bpp"]
     loss = mse + rate_loss(h, target_entropy, beta)
-    c = out["probs"].shape[0]
     return loss, {"mse": mse.detach(), "psnr": 10 * torch.log10(255.0**2 / mse.detach().clamp_min(1e-10)),
-                  "entropy": h.detach(), "bpp": h.detach() * c / DOWNSAMPLING**2}
+                  "entropy": h.detach(), "bpp": bpp.detach()}
 
 
 @torch.no_grad()
