@@ -122,7 +122,7 @@ def test_segment_ndc_from_symbols_matches_image(tmp_path, tiny_segmenter):
 
 @needs(FRAME)
 def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
-    import nodecode.codec.zoo as zoo
+    import nodecode.zoo as zoo
     bad = tmp_path / "bad.ndc"
     bad.write_bytes(b"NDC\x00garbage")
     notimg = tmp_path / "x.jpg"

@@ -146,10 +146,11 @@ def format_demo(rows: list[dict]) -> str:
 def classification_demo(out_dir: Path, imagenette: str | None, dev) -> list[dict]:
     """One Imagenette val image per class -> .ndc at each point -> the bundled classifier of that point (§4)."""
     from nodecode.data.classification import scan_image_folder
-    from nodecode.tasks.classification import WEIGHTS_DIR
+    from nodecode import zoo
     from nodecode.tasks.inference import classify_files
     val = Path(imagenette or SHARED_IMAGENETTE) / "val"
-    points = [p for p in OPERATING_POINTS if (WEIGHTS_DIR / f"classifier-{p}.safetensors").exists()]
+    bundled = {zoo.index()[n].codec for n in zoo.list_pretrained("classifier")}
+    points = [p for p in OPERATING_POINTS if p in bundled]
     if not val.is_dir() or not points:
         print(f"\nclassification skipped: {'no Imagenette val folder at ' + str(val) if points else 'no bundled classifier'}")
         return []
