@@ -143,5 +143,5 @@ def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
     assert main(["segment", str(FRAME), "-o", str(tmp_path / "a.png")]) == 2
     assert "no bundled segmenter" in capsys.readouterr().err
     from nodecode.demo import demo_segmentation
-    assert demo_segmentation(tmp_path, ["x"], "cpu") == []
+    assert demo_segmentation(tmp_path, "cpu") == []
     assert "segmentation skipped" in capsys.readouterr().out
