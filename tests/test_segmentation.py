@@ -6,14 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED, needs
+from conftest import CAMVID, needs
 from nodecode.cli import main
 from nodecode.data.augment import InputPipeline
 from nodecode.data.segmentation import IGNORE, SegBatches, load_segmentation, scan_segmentation
 from nodecode.tasks.segmentation import (SegmenterTrainConfig, evaluate, load_segmenter, save_segmenter,
                                          scaled_iterations, train_segmenter)
 
-CAMVID = SHARED / "camvid"
 FRAME = CAMVID / "images" / "val" / "0016E5_07959.jpg"
 
 
