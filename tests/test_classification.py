@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from nodecode.codec.files import compress_file
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import Batches, InputPipeline, _reflect
-from nodecode.data.classification import (channel_mean, load_inputs, load_rgb, prepare_image, scan_image_folder)
+from nodecode.data.classification import load_inputs
+from nodecode.data.folders import load_rgb, prepare_image, scan_image_folder
+from nodecode.data.latents import channel_mean
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.tasks.classification import (ClassifierTrainConfig, evaluate_classifier, load_classifier,
                                            save_classifier, train_classifier)
@@ -76,7 +78,7 @@ def test_latent_cache_equals_symbols_of_real_ndc_files(folder, cache, c8, tmp_pa
         assert (header.height, header.width) == (224, 224)
         assert np.array_equal(sym, z[i].numpy().astype(np.int32))
         bpp.append(stats["bpp"])
-    from nodecode.data.classification import ndc_bpp
+    from nodecode.data.latents import ndc_bpp
     per_image = ndc_bpp(c8, z.numpy(), 224, 224)
     assert per_image[[0, 2, 5]].tolist() == pytest.approx(bpp)                          # real file sizes
     assert info["bpp"] == pytest.approx(per_image.mean())

@@ -83,9 +83,10 @@ def test_e2e_from_real_ndc_files(tmp_path):
     for r in rows:
         assert ROW_KEYS <= set(r) and r["images"] == 4 and r["images_per_s"] > 0 and r["weights"] == "random"
     # the worker's entropy decoding gives exactly the encoder's symbols
-    from nodecode.data.classification import _load_one, encode_symbols
+    from nodecode.data.folders import load_prepared
+    from nodecode.data.latents import encode_symbols
     f = next((IMAGENETTE / "val" / info["names"][0].split("/")[0]).glob(info["names"][0].split("/")[1] + ".*"))
-    z = encode_symbols(load_codec("c8"), torch.from_numpy(_load_one((str(f), 224)))[None])
+    z = encode_symbols(load_codec("c8"), torch.from_numpy(load_prepared((str(f), 224)))[None])
     np.testing.assert_array_equal(decode_ndc_chunk([str(tmp_path / "ndc" / f"{info['names'][0]}.ndc")]), z)
 
 

@@ -149,7 +149,7 @@ def classification_demo(out_dir: Path, imagenette: str | None, dev) -> list[dict
     """One Imagenette val image per class (the bundled samples, or the first of each class of an Imagenette
     folder's val/) -> .ndc at each point -> the bundled classifier of that point (§4)."""
     from nodecode import zoo
-    from nodecode.data.classification import scan_image_folder
+    from nodecode.data.folders import scan_image_folder
     from nodecode.tasks.inference import classify_files
     bundled = {zoo.index()[n].codec for n in zoo.list_pretrained("classifier")}
     points = [p for p in OPERATING_POINTS if p in bundled]

@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from nodecode import zoo
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import Batches, InputPipeline
-from nodecode.data.classification import channel_mean, load_inputs, scan_image_folder
+from nodecode.data.classification import load_inputs
+from nodecode.data.folders import scan_image_folder
+from nodecode.data.latents import channel_mean
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config

@@ -19,7 +19,8 @@ from nodecode import zoo
 from nodecode.codec.reader import EntropyModel, NdcFile, open_ndc
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
-from nodecode.data.classification import exact_fp32, prepare_image
+from nodecode.data.folders import prepare_image
+from nodecode.data.latents import exact_fp32
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
 from nodecode.tasks.classification import bundled_classifier, load_pretrained

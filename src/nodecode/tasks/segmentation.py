@@ -25,7 +25,7 @@ from torch import nn
 
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
-from nodecode.data.classification import channel_mean
+from nodecode.data.latents import channel_mean
 from nodecode.data.segmentation import CROP_RGB, GRID, IGNORE, SegBatches, load_segmentation, scan_segmentation
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import ConfusionMatrix

@@ -216,6 +216,8 @@ def resolve(name_or_path: str | Path, kind: str) -> tuple[Path, PretrainedCfg | 
     if path.is_dir():
         path = path / f"{kind}.safetensors"
     if not path.is_file():
+        if kind != "codec" and (path.suffix or len(path.parts) > 1):
+            raise NodecodeError(f"no such {kind} checkpoint: {path}")
         raise NodecodeError(f"no {kind} named '{s}' (bundled: {', '.join(list_pretrained(kind)) or 'none'}) "
                             "and no such file")
     cfg = read_cfg(path)
