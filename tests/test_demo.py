@@ -25,3 +25,18 @@ def test_demo_segments_and_classifies_the_bundled_samples(tmp_path, capsys):
     for point in ("c8", "c16", "c32"):                                                 # chance: 1 of 10
         assert sum(r["predicted"][point]["name"] == r["true"] for r in cls) >= 5, point
     assert "segmentation skipped" not in capsys.readouterr().out
+
+
+def test_eval_codec_on_a_real_frame(tmp_path, capsys):
+    """`nodecode eval-codec` writes the RD table: c8 < c16 in bpp and PSNR, JPEG matched to each point's real bpp."""
+    from nodecode.demo import SAMPLES
+    (tmp_path / "in").mkdir()
+    frame = np.asarray(Image.open(sorted((SAMPLES / "camvid").glob("*.jpg"))[0]))[:128, :192]
+    Image.fromarray(np.ascontiguousarray(frame)).save(tmp_path / "in" / "f.png")
+    assert main(["eval-codec", "--data", str(tmp_path / "in"), "--json", str(tmp_path / "rd.json"),
+                 "--plot", str(tmp_path / "rd.png"), "--codecs", "c8,c16"]) == 0
+    rows = {(r["codec"], r["matched_to"]): r for r in json.loads((tmp_path / "rd.json").read_text())["rows"]}
+    c8, c16 = rows["c8", "c8"], rows["c16", "c16"]
+    assert c8["bpp"] < c16["bpp"] and c8["psnr"] < c16["psnr"] and c8["paper_bpp"] == 0.0983
+    assert abs(rows["jpeg", "c16"]["bpp"] - c16["bpp"]) < 0.5 * c16["bpp"]
+    assert (tmp_path / "rd.png").stat().st_size > 0 and "| c8 | c8 |" in capsys.readouterr().out
