@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
 PAPER_BPP = {"c8": 0.0983, "c32": 0.635}
 ROWS = ("baseline", "compression_ft", "joint_ft")
