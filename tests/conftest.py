@@ -10,6 +10,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 KODAK = SHARED / "kodak"
 IMAGENETTE = SHARED / "imagenette2-224"
+CAMVID = SHARED / "camvid"                  # every dataset path of the tests is here
 
 
 def imagenette_subset(root: Path, classes: list[str], per_split: dict[str, int], names: bool = False) -> Path:

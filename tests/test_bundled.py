@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from nodecode.codec.zoo import OPERATING_POINTS, WEIGHTS_DIR, list_codecs, load_codec
+from conftest import CAMVID, IMAGENETTE, needs
+from nodecode.codec.zoo import OPERATING_POINTS, list_codecs, load_codec
+from nodecode.zoo import WEIGHTS_DIR
 from nodecode.data.images import to_tensor, to_uint8
+from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import psnr
 
 GPU_FILES = Path(__file__).parent / "data" / "gpu_kodak"
@@ -72,13 +75,21 @@ def test_joint_codec_is_bundled_and_its_files_decode_by_name(kodak_crop, tmp_pat
     assert capsys.readouterr().err.startswith("nodecode: error: no bundled classifier for 'c8-joint'")
 
 
-def test_latent_path_needs_no_decoder(kodak_crop):
+def test_latent_path_needs_no_decoder(kodak_crop, monkeypatch):
+    """The reader turns a file into ŷ from the zoo file's centers and tables alone: no codec network is built."""
+    from nodecode.codec.autoencoder import CompressionModel
+    from nodecode.codec.reader import EntropyModel, read_symbols
     codec = load_codec("c8")
     data = codec.compress(to_tensor(kodak_crop))
-    _, symbols = codec.read_symbols(data)
-    y_hat = codec.latent(torch.from_numpy(symbols))
-    assert y_hat.shape == (8, 12, 16)
-    assert set(np.unique(y_hat.numpy())) <= set(codec.quantizer.centers.detach().numpy().tolist())
+    want_header, want = codec.read_symbols(data)
+    monkeypatch.setattr(CompressionModel, "__init__", None)
+    entropy = EntropyModel.load("c8")
+    header, symbols = read_symbols(data, entropy)
+    assert header == want_header and np.array_equal(symbols, want)
+    y_hat = entropy.latent(torch.from_numpy(symbols))
+    assert y_hat.shape == (8, 12, 16) and torch.equal(y_hat, codec.latent(torch.from_numpy(want)))
+    with pytest.raises(NodecodeError, match="not by the loaded model"):
+        read_symbols(data, EntropyModel.load("c16"))
 
 
 def test_all_bundled_weights_fit_the_budget():
@@ -88,14 +99,13 @@ def test_all_bundled_weights_fit_the_budget():
     assert sum(f.stat().st_size for f in files) <= 32 * 2**20
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenette2-224").exists(),
-                    reason="Imagenette not present")
+@needs(IMAGENETTE)
 @pytest.mark.parametrize("point", ["c8", "c32"])
 def test_bundled_classifier_reads_real_ndc_files(point, tmp_path):
     """Two val images per class -> .ndc -> the bundled classifier of that point (65.7 / 69.4 % top-1 on all of val)."""
     from nodecode.codec.files import compress_file
     from nodecode.tasks.inference import classify_files
-    val = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "imagenette2-224" / "val"
+    val = IMAGENETTE / "val"
     codec = load_codec(point)
     files, truth = [], []
     for d in sorted(p for p in val.iterdir() if p.is_dir()):
@@ -104,18 +114,17 @@ def test_bundled_classifier_reads_real_ndc_files(point, tmp_path):
             compress_file(img, files[-1], codec)
             truth.append(d.name)
     rows = classify_files(files, device="cpu")
-    assert all(r["read"] == "ndc-symbols" and r["classifier"].endswith(f"classifier-{point}.safetensors") for r in rows)
+    assert all(r["read"] == "ndc-symbols" and r["classifier"] == f"classifier-{point}" for r in rows)
     correct = sum(r["label"] == t for r, t in zip(rows, truth))
     assert correct >= 9, correct                                     # chance is 2 of 20
 
 
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid").exists(),
-                    reason="CamVid not present")
+@needs(CAMVID)
 def test_bundled_segmenter_on_a_camvid_val_frame(tmp_path):
     """A real frame -> c8 .ndc -> `nodecode segment` (symbols only) -> mask; most labelled pixels right (val: 79 %)."""
     from PIL import Image
     from nodecode.cli import main
-    camvid = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "camvid"
+    camvid = CAMVID
     frame = sorted((camvid / "images" / "val").glob("*.jpg"))[0]
     label = np.asarray(Image.open(camvid / "labels" / "val" / f"{frame.stem}.png"))
     assert main(["compress", str(frame), "-o", str(tmp_path / "f.ndc")]) == 0

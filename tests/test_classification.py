@@ -12,7 +12,9 @@ from safetensors.torch import load_file
 from nodecode.codec.files import compress_file
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import Batches, InputPipeline, _reflect
-from nodecode.data.classification import (channel_mean, load_inputs, load_rgb, prepare_image, scan_image_folder)
+from nodecode.data.classification import load_inputs
+from nodecode.data.folders import load_rgb, prepare_image, scan_image_folder
+from nodecode.data.latents import channel_mean
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.tasks.classification import (ClassifierTrainConfig, evaluate_classifier, load_classifier,
                                            save_classifier, train_classifier)
@@ -76,7 +78,7 @@ def test_latent_cache_equals_symbols_of_real_ndc_files(folder, cache, c8, tmp_pa
         assert (header.height, header.width) == (224, 224)
         assert np.array_equal(sym, z[i].numpy().astype(np.int32))
         bpp.append(stats["bpp"])
-    from nodecode.data.classification import ndc_bpp
+    from nodecode.data.latents import ndc_bpp
     per_image = ndc_bpp(c8, z.numpy(), 224, 224)
     assert per_image[[0, 2, 5]].tolist() == pytest.approx(bpp)                          # real file sizes
     assert info["bpp"] == pytest.approx(per_image.mean())
@@ -218,23 +220,36 @@ def test_classify_ndc_files_without_decoding(folder, cache, tmp_path, monkeypatc
 
 
 def test_bundled_classifier_is_fp16_and_picked_by_the_files_point(folder, cache, tmp_path, monkeypatch, capsys):
-    """save_classifier(half=True) is what ships; without --classifier a .ndc goes to its own point's classifier."""
-    import nodecode.tasks.classification as cls
+    """save_classifier(half=True) + `python -m nodecode.zoo import-legacy` is what ships; without --classifier a
+    .ndc goes to its own point's classifier, and that needs only the codec's centers and tables."""
+    import shutil
+    from nodecode import zoo
     from nodecode.cli import main
+    from nodecode.codec.autoencoder import CompressionModel
+    from nodecode.zoo.__main__ import main as zoo_main
     train_classifier(small_cfg(folder, cache, tmp_path / "run", epochs=1))
     model, meta = load_classifier(tmp_path / "run")
     weights = tmp_path / "weights"
     weights.mkdir()
-    save_classifier(model, weights / "classifier-c8.safetensors", meta, half=True)
+    for name in ("c8", "c16"):                                            # a zoo of two codecs, no classifier
+        shutil.copy(zoo.WEIGHTS_DIR / f"{name}.safetensors", weights)
+    (weights / "zoo.json").write_text(json.dumps({n: json.loads(c.to_json()) for n, c in zoo.index().items()
+                                                  if n in ("c8", "c16")}))
+    save_classifier(model, tmp_path / "half.safetensors", meta, half=True)
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights)
+    assert zoo_main(["import-legacy", str(tmp_path / "half.safetensors"), "classifier-c8"]) == 0
+    cfg = zoo.read_cfg(weights / "classifier-c8.safetensors")
+    assert cfg == zoo.index()["classifier-c8"] and cfg.fingerprint == zoo.index()["c8"].fingerprint
+    assert cfg.architecture == meta["model"] and list(cfg.classes) == CLASSES and list(cfg.mean) == meta["mean"]
     stored = load_file(str(weights / "classifier-c8.safetensors"))
     assert all(v.dtype == torch.float16 for k, v in stored.items() if v.is_floating_point())
-    monkeypatch.setattr(cls, "WEIGHTS_DIR", weights)
     img = sorted((folder / "val" / CLASSES[1]).iterdir())[0]
     compress_file(img, tmp_path / "a.ndc", load_codec("c8"))
+    compress_file(img, tmp_path / "b.ndc", load_codec("c16"))
+    monkeypatch.setattr(CompressionModel, "__init__", None)               # no codec network is built below
     full, = classify_files([tmp_path / "a.ndc"], tmp_path / "run")
     half, = classify_files([tmp_path / "a.ndc"])
-    assert half["classifier"].endswith("classifier-c8.safetensors") and half["label"] == full["label"]
+    assert half["classifier"] == "classifier-c8" and half["label"] == full["label"]
     assert [t["prob"] for t in half["top"]] == pytest.approx([t["prob"] for t in full["top"]], abs=2e-2)
-    compress_file(img, tmp_path / "b.ndc", load_codec("c16"))
     assert main(["classify", str(tmp_path / "b.ndc")]) == 2              # no bundled c16 classifier here
     assert capsys.readouterr().err.startswith("nodecode: error: no bundled classifier for 'c16'")

@@ -11,14 +11,17 @@ from PIL import Image, JpegImagePlugin
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
 from nodecode.eval import baselines as B
+from conftest import KODAK
 from nodecode.eval import metrics as M
 
-KODIM23 = "/work/shared/datasets/kodak/kodim23.png"
+KODIM23 = KODAK / "kodim23.png"
 
 
 @pytest.fixture(scope="module")
 def crop() -> np.ndarray:
     """A 256x256 crop of kodim23 (the parrots: edges, flat areas and texture)."""
+    if not KODIM23.exists():
+        pytest.skip(f"{KODIM23} not present")
     return load_image(KODIM23)[128:384, 256:512].copy()
 
 

@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 
 from nodecode.cli import main
 from nodecode.codec.zoo import load_codec
-from nodecode.data.classification import scan_image_folder
+from nodecode.data.folders import scan_image_folder
 from nodecode.models import create_model
 from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
 from nodecode.tasks.joint import JointModel, JointTrainConfig, joint_loss, train_joint

@@ -6,14 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED, needs
+from conftest import CAMVID, needs
 from nodecode.cli import main
 from nodecode.data.augment import InputPipeline
 from nodecode.data.segmentation import IGNORE, SegBatches, load_segmentation, scan_segmentation
 from nodecode.tasks.segmentation import (SegmenterTrainConfig, evaluate, load_segmenter, save_segmenter,
                                          scaled_iterations, train_segmenter)
 
-CAMVID = SHARED / "camvid"
 FRAME = CAMVID / "images" / "val" / "0016E5_07959.jpg"
 
 
@@ -122,7 +121,7 @@ def test_segment_ndc_from_symbols_matches_image(tmp_path, tiny_segmenter):
 
 @needs(FRAME)
 def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
-    import nodecode.codec.zoo as zoo
+    import nodecode.zoo as zoo
     bad = tmp_path / "bad.ndc"
     bad.write_bytes(b"NDC\x00garbage")
     notimg = tmp_path / "x.jpg"
@@ -143,5 +142,5 @@ def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
     assert main(["segment", str(FRAME), "-o", str(tmp_path / "a.png")]) == 2
     assert "no bundled segmenter" in capsys.readouterr().err
     from nodecode.demo import demo_segmentation
-    assert demo_segmentation(tmp_path, ["x"], "cpu") == []
+    assert demo_segmentation(tmp_path, "cpu") == []
     assert "segmentation skipped" in capsys.readouterr().out

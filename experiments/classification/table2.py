@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
 PAPER = {  # Table 2: top-5 / top-1 on ImageNet
     ("none", "rgb", "resnet50"): (89.96, 71.06),

@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
 PAPER_BPP = {"c8": 0.0983, "c32": 0.635}
 ROWS = ("baseline", "compression_ft", "joint_ft")
@@ -63,7 +61,8 @@ def summary_of(run_dir: Path) -> dict | None:
 def measure(a, codec_path: str, classifier: str | None) -> dict:
     """Real bpp (Kodak, Imagenette val), PSNR/SSIM/MS-SSIM (Kodak) of a codec; top-1/top-5 of a classifier on it."""
     from nodecode.codec.zoo import load_codec
-    from nodecode.data.classification import load_inputs, scan_image_folder
+    from nodecode.data.classification import load_inputs
+    from nodecode.data.folders import scan_image_folder
     from nodecode.data.images import list_images, load_image
     from nodecode.eval.codec_eval import average, evaluate_learned
     from nodecode.tasks.classification import evaluate_classifier

@@ -16,14 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 
 PAPER_MIOU = {  # Table 2, PASCAL VOC 2012 val
     ("none", "rgb", "resnet50_d"): 65.75,

@@ -112,7 +112,7 @@ def _bench_speed(a):
 
 def _demo(a):
     from nodecode.demo import run_demo
-    run_demo(a.data, a.out, device=a.device, imagenette=a.imagenette)
+    run_demo(a.data, a.out, device=a.device, imagenette=a.imagenette, camvid=a.camvid)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=None, help="image file or folder (default: photos bundled with scikit-image)")
     d.add_argument("--out", default="nodecode-demo", help="output folder")
     d.add_argument("--imagenette", default=None,
-                   help="Imagenette folder for the classification part (default: ../shared/datasets/imagenette2-224)")
+                   help="Imagenette folder (holding val/) for the classification part (default: the bundled samples)")
+    d.add_argument("--camvid", default=None,
+                   help="CamVid folder (holding images/val, labels/val) for the segmentation part (default: the bundled samples)")
     d.add_argument("--device", default=None)
     d.set_defaults(fn=_demo)
 

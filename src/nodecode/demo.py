@@ -1,5 +1,7 @@
-"""`nodecode demo`, the main job: compress photos at c8/c16/c32 into real .ndc files, compare with JPEG, draw Fig. 9;
-then, if the bundled segmenter is present, segment the c8 files straight from their symbols (masks + overlays)."""
+"""`nodecode demo`: compress photos at c8/c16/c32 into real .ndc files, compare with JPEG, draw Fig. 9; then
+segment street scenes (CamVid frames) and classify Imagenette images straight from their .ndc symbols with the
+bundled networks. The frames and images are the real samples bundled in nodecode/samples (see SOURCE.md there),
+or the datasets' own folders when given."""
 from __future__ import annotations
 
 import time
@@ -16,8 +18,7 @@ from nodecode.eval.metrics import image_metrics
 from nodecode.utils import atomic_path, atomic_write_bytes, pick_device, provenance, write_json
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # ship inside scikit-image
-SHARED_IMAGENETTE = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets" / "imagenette2-224"
-SHARED_CAMVID = SHARED_IMAGENETTE.parent / "camvid"
+SAMPLES = Path(__file__).resolve().parent / "samples"   # 3 CamVid test frames + labels, 1 Imagenette val image per class
 
 
 def default_images() -> list[tuple[str, np.ndarray]]:
@@ -56,7 +57,7 @@ def figure9(name: str, img: np.ndarray, decoded: dict, latents: dict, path: Path
 
 
 def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | None = None,
-             imagenette: str | None = None) -> list[dict]:
+             imagenette: str | None = None, camvid: str | None = None) -> list[dict]:
     dev = pick_device(device)
     images = default_images() if data is None else [(p.stem, load_image(p)) for p in list_images(data)]
     out_dir = Path(out)
@@ -89,7 +90,7 @@ def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | 
             latents[point] = (y, np.argsort(-channel_entropies(symbols, codec.config.num_centers), kind="stable"))
         figure9(name, img, decoded, latents, out_dir / f"{name}_fig9.png")
     print(format_demo(rows))
-    seg = demo_segmentation(out_dir, [name for name, _ in images], dev)
+    seg = demo_segmentation(out_dir, dev, camvid)
     classified = classification_demo(out_dir / "imagenette", imagenette, dev)
     write_json(out_dir / "summary.json", {"rows": rows, "segmentation": seg, "classification": classified,
                                           **provenance("nodecode demo")})
@@ -97,9 +98,10 @@ def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | 
     return rows
 
 
-def demo_segmentation(out_dir: Path, names: list[str], device, camvid: str | None = None) -> list[dict]:
-    """Segment c8 .ndc files from their symbols with the bundled segmenter (§5): CamVid val frames when present
-    (scored against their labels), else the demo photos; skipped with a note if the segmenter is absent."""
+def demo_segmentation(out_dir: Path, device, camvid: str | None = None) -> list[dict]:
+    """Segment c8 .ndc files of CamVid frames from their symbols with the bundled segmenter (§5), scored against
+    their labels: the bundled sample frames, or every 40th val frame of a CamVid folder; skipped with a note if
+    the segmenter is absent."""
     from PIL import Image
     from nodecode.errors import NodecodeError
     from nodecode.tasks.inference import bundled_segmenter, segment_file
@@ -108,28 +110,28 @@ def demo_segmentation(out_dir: Path, names: list[str], device, camvid: str | Non
     except NodecodeError as e:
         print(f"note: segmentation skipped: {e}")
         return []
-    val = Path(camvid or SHARED_CAMVID)
-    frames = sorted((val / "images" / "val").glob("*.jpg"))[::40] if (val / "images" / "val").is_dir() else []
+    if camvid:
+        frames = sorted((Path(camvid) / "images" / "val").glob("*.jpg"))[::40]
+        labels = {f: Path(camvid) / "labels" / "val" / f"{f.stem}.png" for f in frames}
+    else:
+        frames = sorted((SAMPLES / "camvid").glob("*.jpg"))
+        labels = {f: f.with_suffix(".png") for f in frames}
     rows = []
-    if frames:
-        seg_dir = out_dir / "camvid"
-        seg_dir.mkdir(parents=True, exist_ok=True)
-        codec = load_codec("c8", device)
-        for f in frames:
-            ndc = seg_dir / f"{f.stem}_c8.ndc"
-            compress_file(f, ndc, codec)
-            r = segment_file(ndc, seg_dir / f"{f.stem}_mask.png", seg_dir / f"{f.stem}_overlay.png", model, device)
-            label = np.asarray(Image.open(val / "labels" / "val" / f"{f.stem}.png"))
-            mask, keep = np.asarray(Image.open(r["mask"])), label != 11
-            rows.append({**r, "frame": f.name, "bpp": ndc.stat().st_size * 8 / label.size,
-                         "pixel_accuracy": float((mask[keep] == label[keep]).mean())})
-        print("\nsegmentation of CamVid val frames from c8 .ndc symbols (bundled cResNet-51-d width 0.25, no RGB decoding):")
-        for r in rows:
-            top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4])
-            print(f"{r['frame']:<18} {r['bpp']:.3f} bpp  pixel accuracy {r['pixel_accuracy']:.1%}  ({top})")
-    for n in names:
-        rows.append(segment_file(out_dir / f"{n}_c8.ndc", out_dir / f"{n}_c8_mask.png", out_dir / f"{n}_c8_overlay.png",
-                                 model, device))
+    seg_dir = out_dir / "camvid"
+    seg_dir.mkdir(parents=True, exist_ok=True)
+    codec = load_codec("c8", device)
+    for f in frames:
+        ndc = seg_dir / f"{f.stem}_c8.ndc"
+        compress_file(f, ndc, codec)
+        r = segment_file(ndc, seg_dir / f"{f.stem}_mask.png", seg_dir / f"{f.stem}_overlay.png", model, device)
+        label = np.asarray(Image.open(labels[f]))
+        mask, keep = np.asarray(Image.open(r["mask"])), label != 11
+        rows.append({**r, "frame": f.name, "bpp": ndc.stat().st_size * 8 / label.size,
+                     "pixel_accuracy": float((mask[keep] == label[keep]).mean())})
+    print("\nsegmentation of CamVid frames from c8 .ndc symbols (bundled cResNet-51-d width 0.25, no RGB decoding):")
+    for r in rows:
+        top = ", ".join(f"{k} {v:.0%}" for k, v in sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4])
+        print(f"{r['frame']:<18} {r['bpp']:.3f} bpp  pixel accuracy {r['pixel_accuracy']:.1%}  ({top})")
     return rows
 
 
@@ -144,31 +146,36 @@ def format_demo(rows: list[dict]) -> str:
 
 
 def classification_demo(out_dir: Path, imagenette: str | None, dev) -> list[dict]:
-    """One Imagenette val image per class -> .ndc at each point -> the bundled classifier of that point (§4)."""
-    from nodecode.data.classification import scan_image_folder
-    from nodecode.tasks.classification import WEIGHTS_DIR
+    """One Imagenette val image per class (the bundled samples, or the first of each class of an Imagenette
+    folder's val/) -> .ndc at each point -> the bundled classifier of that point (§4)."""
+    from nodecode import zoo
+    from nodecode.data.folders import scan_image_folder
     from nodecode.tasks.inference import classify_files
-    val = Path(imagenette or SHARED_IMAGENETTE) / "val"
-    points = [p for p in OPERATING_POINTS if (WEIGHTS_DIR / f"classifier-{p}.safetensors").exists()]
-    if not val.is_dir() or not points:
-        print(f"\nclassification skipped: {'no Imagenette val folder at ' + str(val) if points else 'no bundled classifier'}")
+    bundled = {zoo.index()[n].codec for n in zoo.list_pretrained("classifier")}
+    points = [p for p in OPERATING_POINTS if p in bundled]
+    if not points:
+        print("\nclassification skipped: no bundled classifier")
         return []
-    folder = scan_image_folder(val)
-    first = {int(y): p for p, y in reversed(list(zip(folder.files, folder.labels)))}
+    if imagenette:
+        folder = scan_image_folder(Path(imagenette) / "val")
+        first = {folder.names[int(y)]: Path(p) for p, y in reversed(list(zip(folder.files, folder.labels)))}
+    else:
+        first = {p.name.split("_")[0]: p for p in sorted((SAMPLES / "imagenette").glob("*.jpg"))}
+    names = dict(zip(zoo.index()[f"classifier-{points[0]}"].classes, zoo.index()[f"classifier-{points[0]}"].class_names))
     out_dir.mkdir(parents=True, exist_ok=True)
     codecs = {p: load_codec(p, dev) for p in points}
-    files = {(y, p): out_dir / f"{Path(path).stem}_{p}.ndc" for y, path in first.items() for p in points}
+    files = {(y, p): out_dir / f"{path.stem}_{p}.ndc" for y, path in first.items() for p in points}
     for (y, p), ndc in files.items():
         compress_file(first[y], ndc, codecs[p])
     preds = dict(zip(files, classify_files(list(files.values()), device=dev, topk=1)))  # symbols only: no decoder
-    rows = [{"image": Path(path).name, "true": folder.names[y],
+    rows = [{"image": path.name, "true": names.get(y, y),
              "predicted": {p: {"name": preds[y, p]["name"], "prob": preds[y, p]["top"][0]["prob"],
                                "bpp": files[y, p].stat().st_size * 8 / 224**2} for p in points}}
             for y, path in sorted(first.items())]
     print("\nclassification from .ndc files (bundled cResNet-51 width 0.25 per point, no RGB decoding):")
     print(f"{'image':<29} {'true class':<18} " + " ".join(f"{p:<26}" for p in points))
     for r in rows:
-        print(f"{r['image']:<29} {r['true']:<18} " + " ".join(
+        print(f"{r['image'][:28]:<29} {r['true']:<18} " + " ".join(
             f"{r['predicted'][p]['name'][:17]:<18} {r['predicted'][p]['prob']:.2f}   " for p in points))
     acc = {p: sum(r["predicted"][p]["name"] == r["true"] for r in rows) for p in points}
     print("correct: " + ", ".join(f"{p} {acc[p]}/{len(rows)}" for p in points))

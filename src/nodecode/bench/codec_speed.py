@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nodecode.data.classification import exact_fp32
+from nodecode.data.latents import exact_fp32
 from nodecode.data.images import list_images, load_image, to_tensor
 
 

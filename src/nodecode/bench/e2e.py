@@ -57,7 +57,7 @@ def _warm(_):
 
 def write_ndc(images: list[np.ndarray], names: list[str], out: Path, codec, batch: int = 64) -> float:
     """Encode uint8 (H, W, 3) images to out/<name>.ndc; returns the mean real bpp."""
-    from nodecode.data.classification import encode_symbols
+    from nodecode.data.latents import encode_symbols
     bits = []
     for i in range(0, len(images), batch):
         rgb = torch.from_numpy(np.stack(images[i: i + batch])).permute(0, 3, 1, 2)
@@ -172,7 +172,7 @@ def prepare_files(val_dir, work: Path, codec, limit: int | None, workers: int | 
     import json
 
     from nodecode.data.cache import pool_map
-    from nodecode.data.classification import _load_one, scan_image_folder
+    from nodecode.data.folders import load_prepared, scan_image_folder
     from nodecode.utils import write_json
     info_path = work / "info.json"
     if info_path.exists():
@@ -181,7 +181,7 @@ def prepare_files(val_dir, work: Path, codec, limit: int | None, workers: int | 
     idx = np.unique(np.linspace(0, len(folder.files) - 1, limit or len(folder.files)).round().astype(int))
     files = [folder.files[i] for i in idx]
     names = [f"{f.parent.name}/{f.stem}" for f in files]
-    images = [a.transpose(1, 2, 0) for a in pool_map(_load_one, [(str(f), 224) for f in files], workers)]
+    images = [a.transpose(1, 2, 0) for a in pool_map(load_prepared, [(str(f), 224) for f in files], workers)]
     t = time.time()
     info = {"names": names, "bpp": {"ndc": write_ndc(images, names, work / "ndc", codec)}}
     for fmt in ("jpeg", "webp"):

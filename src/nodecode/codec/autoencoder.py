@@ -133,9 +133,8 @@ class CompressionModel(nn.Module):
 
     def read_symbols(self, data: bytes) -> tuple[bitstream.Header, np.ndarray]:
         """Entropy-decode a .ndc file made by this model into its header and symbols (C, h, w); no RGB."""
-        header, words = bitstream.unpack(data)
-        bitstream.check_model(header, self.config.name, self.fingerprint(), self.config.num_centers)
-        return header, bitstream.decode_symbols(words, self.tables(), header.latent_shape)
+        from nodecode.codec.reader import EntropyModel, read_symbols
+        return read_symbols(data, EntropyModel.from_codec(self))
 
     def decompress(self, data: bytes) -> torch.Tensor:
         """The bytes of a .ndc file -> x̂ (1, 3, H, W) in [0, 1]."""

@@ -8,7 +8,7 @@ import torch
 
 from nodecode.codec import bitstream
 from nodecode.codec.autoencoder import CompressionModel
-from nodecode.codec.zoo import BUNDLED, load_codec
+from nodecode.codec.zoo import list_codecs, load_codec
 from nodecode.data.images import load_image, save_image, to_tensor, to_uint8
 from nodecode.errors import NodecodeError
 from nodecode.utils import atomic_write_bytes
@@ -27,7 +27,7 @@ def codec_for(data: bytes, model: str | CompressionModel | None, device="cpu") -
         return model
     if model is None:
         name = bitstream.read_header(data).model
-        if name not in BUNDLED:
+        if name not in list_codecs():
             raise NodecodeError(f"file was written by codec '{name}', which is not bundled: pass --model PATH")
         model = name
     return load_codec(model, device)

@@ -29,7 +29,7 @@ import torch
 
 from nodecode.data.augment import Batches, generator
 from nodecode.data.cache import cached_array, pool_map
-from nodecode.data.classification import codec_inputs
+from nodecode.data.latents import codec_inputs
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
 from nodecode.utils import write_json

@@ -64,13 +64,46 @@ def get_config(name: str) -> ModelConfig:
     return _CONFIGS[name]
 
 
-def create_model(name: str, in_channels: int | None = None, num_classes: int | None = None, **kw) -> nn.Module:
+def create_model(name: str, in_channels: int | None = None, num_classes: int | None = None,
+                 pretrained: str | None = None, **kw) -> nn.Module:
     """Build a registered model; None means the registered default. Extra kw (width, stride_in_1x1,
-    zero_init_last, aspp_rates) go to :class:`ResNet`. The config is attached as ``model.default_cfg``."""
+    zero_init_last, aspp_rates) go to :class:`ResNet`. The config is attached as ``model.default_cfg``.
+
+    `pretrained`: a bundled zoo name (classifier-c8, segmenter-c8, ...) or a classifier / segmenter file (a zoo
+    file or a training run's); its PretrainedCfg sets channels, classes and width, its weights are loaded (fp32,
+    train mode as built), and it is attached as ``model.pretrained_cfg``."""
+    if pretrained is not None:
+        return _pretrained(name, pretrained, in_channels, num_classes, kw)
     cfg = get_config(name)
     model = _MODELS[name](in_channels=cfg.in_channels if in_channels is None else in_channels,
                           num_classes=cfg.num_classes if num_classes is None else num_classes, **kw)
     model.default_cfg = cfg
+    return model
+
+
+def pretrained_cfg(name_or_path, kind: str):
+    """(weights path, PretrainedCfg) of a bundled name or a file / run folder; kind: classifier or segmenter."""
+    from nodecode import zoo
+    path, _ = zoo.resolve(name_or_path, kind)
+    return path, zoo.network_cfg(path, kind)
+
+
+def _pretrained(name, pretrained, in_channels, num_classes, kw) -> nn.Module:
+    from nodecode import zoo
+    from nodecode.errors import NodecodeError
+    kind = "segmenter" if get_config(name).task == "segmentation" else "classifier"
+    path, pcfg = pretrained_cfg(pretrained, kind)
+    if pcfg.architecture != name:
+        raise NodecodeError(f"{path} holds a {pcfg.architecture}, not a {name}")
+    if (in_channels, num_classes) != (None, None) and (in_channels, num_classes) != (pcfg.in_channels, pcfg.num_classes):
+        raise NodecodeError(f"{path} has {pcfg.in_channels} input channels and {pcfg.num_classes} classes")
+    model = create_model(name, pcfg.in_channels, pcfg.num_classes, width=pcfg.width, **kw)
+    state = zoo.load_tensors(path)
+    try:
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except RuntimeError as e:
+        raise NodecodeError(f"{path} does not hold a {name} of this configuration: {str(e).splitlines()[0]}") from None
+    model.pretrained_cfg = pcfg
     return model
 
 

@@ -19,13 +19,17 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from nodecode.codec.zoo import WEIGHTS_DIR, load_codec
+from nodecode import zoo
+from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import Batches, InputPipeline
-from nodecode.data.classification import channel_mean, load_inputs, scan_image_folder
+from nodecode.data.classification import load_inputs
+from nodecode.data.folders import scan_image_folder
+from nodecode.data.latents import channel_mean
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config
-from nodecode.tasks.checkpoint import load_network, save_weights
+from nodecode.models.registry import pretrained_cfg
+from nodecode.tasks.checkpoint import save_weights
 from nodecode.tasks.engine import Engine, RunOptions, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
 
@@ -104,17 +108,22 @@ def save_classifier(model: torch.nn.Module, path: str | Path, meta: dict, half: 
     save_weights(model, path, meta, FORMAT, half)
 
 
-def bundled_classifier(point: str) -> Path:
-    """The bundled Imagenette classifier for an operating point (a narrow cResNet-51 on its latent)."""
-    path = WEIGHTS_DIR / f"classifier-{point}.safetensors"
-    if not path.is_file():
-        raise NodecodeError(f"no bundled classifier for '{point}' in {WEIGHTS_DIR}; pass --classifier")
-    return path
+def bundled_classifier(point: str) -> str:
+    """The zoo name of the bundled Imagenette classifier for an operating point (a narrow cResNet-51 on its latent)."""
+    return zoo.bundled_for("classifier", point)
+
+
+def load_pretrained(name_or_path: str | Path, kind: str, device=None) -> tuple[torch.nn.Module, zoo.PretrainedCfg]:
+    """(model in eval mode, fp32, its PretrainedCfg) of a bundled name, a weights file or a run folder holding one."""
+    _, cfg = pretrained_cfg(name_or_path, kind)
+    model = create_model(cfg.architecture, pretrained=str(name_or_path))
+    return model.to(pick_device(device)).eval(), cfg
 
 
 def load_classifier(path: str | Path, device=None) -> tuple[torch.nn.Module, dict]:
-    """(model in eval mode, fp32, meta) from classifier.safetensors or a run folder holding it."""
-    return load_network(path, FORMAT, "classifier", device)
+    """(model in eval mode, fp32, meta) from a bundled name, classifier.safetensors or a run folder holding it."""
+    model, cfg = load_pretrained(path, "classifier", device)
+    return model, cfg.to_meta()
 
 
 def _inputs(folder, kind, codec, webp_bpp, cache_dir):

@@ -24,7 +24,7 @@ from torch import nn
 
 from nodecode.codec.zoo import load_codec, save_codec
 from nodecode.data.augment import Batches, InputPipeline
-from nodecode.data.classification import load_rgb, scan_image_folder
+from nodecode.data.folders import load_rgb, scan_image_folder
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.tasks.classification import load_classifier, save_classifier

@@ -25,14 +25,14 @@ from torch import nn
 
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
-from nodecode.data.classification import channel_mean
+from nodecode.data.latents import channel_mean
 from nodecode.data.segmentation import CROP_RGB, GRID, IGNORE, SegBatches, load_segmentation, scan_segmentation
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import ConfusionMatrix
 from nodecode.models import create_model, get_config
 from nodecode.models.aspp import upsample_logits
 from nodecode.models.resnet import load_backbone
-from nodecode.tasks.checkpoint import load_network, save_weights
+from nodecode.tasks.checkpoint import save_weights
 from nodecode.tasks.engine import Engine, RunOptions
 from nodecode.utils import pick_device, provenance, write_json
 
@@ -129,8 +129,10 @@ def save_segmenter(model: nn.Module, path: str | Path, meta: dict, half: bool = 
 
 
 def load_segmenter(path: str | Path, device=None) -> tuple[nn.Module, dict]:
-    """(model in eval mode, fp32, meta) from segmenter.safetensors or a run folder holding it."""
-    return load_network(path, FORMAT, "segmenter", device)
+    """(model in eval mode, fp32, meta) from a bundled name, segmenter.safetensors or a run folder holding it."""
+    from nodecode.tasks.classification import load_pretrained
+    model, cfg = load_pretrained(path, "segmenter", device)
+    return model, cfg.to_meta()
 
 
 def _data(cfg_or_meta_input, root, split, codec, cache_dir, limit):
