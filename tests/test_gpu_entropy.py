@@ -148,3 +148,19 @@ def test_header_refusal_is_one_message(c8):
     data = b"NDC\x1a" + struct.pack("<BB", 1, 2) + b"c8" + b"\0" * 10
     r = BatchDecoder(c8, "cpu", "reference").decode([data + struct.pack("<I", zlib.crc32(data))])
     assert r.index == [] and "not a .ndc file" in r.errors[0] and r.symbols.shape[0] == 0
+
+
+def test_kernel_compiles_to_a_cubin_for_hopper():
+    """The interpreter checks the kernel's arithmetic; this checks that Triton really compiles it (no GPU needed)."""
+    if not triton_available():
+        pytest.skip("triton not installed")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from nodecode.codec.gpu_entropy import _ans_decode
+    sig = {"buf_ptr": "*i32", "start_ptr": "*i32", "count_ptr": "*i32", "cdf_ptr": "*i32", "out_ptr": "*u8",
+           "status_ptr": "*i32", "n": "i32", "channels": "i32", "per_channel": "i32", "L": "constexpr",
+           "BLOCK": "constexpr"}
+    k = triton.compile(ASTSource(triton.jit(_ans_decode), sig, constexprs={"L": 6, "BLOCK": 128}),
+                       target=GPUTarget("cuda", 90, 32))
+    assert len(k.asm["cubin"]) > 1000 and k.asm["ptx"].count("setp.ge.u64") == 5   # L - 1 unsigned compares
