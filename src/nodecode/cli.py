@@ -72,6 +72,12 @@ def _classify(a):
         print(f"{r['path']}: " + ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"]) + f"  [{r['read']}]")
 
 
+def _pack(a):
+    from nodecode.data.shards import pack_dir
+    r = pack_dir(a.dir, a.output)
+    print(f"{r['shard']}: {r['files']} .ndc files, {len(r['classes'])} classes, {r['bytes']} bytes")
+
+
 def _compress(a):
     from nodecode.codec.files import compress_file
     r = compress_file(a.image, a.output, a.model, a.device or "cpu")
@@ -253,6 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default=None)
     k.add_argument("--json", action="store_true")
     k.set_defaults(fn=_classify)
+
+    pk = sub.add_parser("pack", help="a folder of .ndc files (class subfolders) -> one WebDataset-style tar shard")
+    pk.add_argument("dir")
+    pk.add_argument("-o", "--output", required=True, help="SHARD.tar")
+    pk.set_defaults(fn=_pack)
 
     c = sub.add_parser("compress", help="image -> .ndc file")
     c.add_argument("image")

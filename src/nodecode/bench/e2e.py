@@ -20,25 +20,29 @@ from nodecode.bench.fuse import GraphRunner, fold_bn, maybe_graph
 from nodecode.errors import NodecodeError
 from nodecode.utils import atomic_write_bytes
 
-_CODECS: dict = {}
+_DECODERS: dict = {}
 
 
-def _codec(data: bytes):
+def decode_ndc_datas(datas: list[bytes], names=None) -> np.ndarray:
+    """Entropy-decode .ndc files' bytes to their symbols only (no g_s): uint8 (N, C, h, w).
+
+    One decoder per codec and process (constriction models built once, each file unpacked once)."""
     from nodecode.codec.bitstream import read_header
     from nodecode.codec.files import codec_for
-    name = read_header(data).model
-    if name not in _CODECS:
-        _CODECS[name] = codec_for(data, None, "cpu")
-    return _CODECS[name]
+    from nodecode.codec.gpu_entropy import BatchDecoder
+    name = read_header(datas[0]).model
+    if name not in _DECODERS:
+        _DECODERS[name] = BatchDecoder(codec_for(datas[0], None, "cpu"), "cpu", "constriction")
+    r = _DECODERS[name].decode(datas)
+    if r.errors:
+        i, msg = next(iter(r.errors.items()))
+        raise NodecodeError(f"{names[i] if names else i}: {msg}")
+    return r.symbols.numpy()
 
 
 def decode_ndc_chunk(paths: list[str]) -> np.ndarray:
-    """Entropy-decode .ndc files to their symbols only (no g_s): uint8 (N, C, h, w)."""
-    out = []
-    for p in paths:
-        data = Path(p).read_bytes()
-        out.append(_codec(data).read_symbols(data)[1].astype(np.uint8))
-    return np.stack(out)
+    """Read and entropy-decode .ndc files to their symbols only (no g_s): uint8 (N, C, h, w)."""
+    return decode_ndc_datas([Path(p).read_bytes() for p in paths], paths)
 
 
 def decode_image_chunk(paths: list[str]) -> np.ndarray:

@@ -1,0 +1,118 @@
+"""WebDataset-style .ndc shards (`nodecode pack`) and the .ndc data loaders, on real c8 files of Imagenette images."""
+import subprocess
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from nodecode.cli import main
+from nodecode.codec.zoo import load_codec
+from nodecode.data.ndc import NdcBatchLoader, NdcDataset
+from nodecode.data.shards import iter_members, read_shard
+from nodecode.errors import NodecodeError
+
+from conftest import IMAGENETTE
+
+CLASSES = ["n01440764", "n03028079"]
+
+
+@pytest.fixture(scope="module")
+def ndc_dir(tmp_path_factory):
+    """<class>/<name>.ndc: three real Imagenette val images per class, compressed with the bundled c8 codec."""
+    from nodecode.data.classification import prepare_image
+    from nodecode.data.images import load_image, to_tensor
+    if not IMAGENETTE.exists():
+        pytest.skip("no Imagenette")
+    root = tmp_path_factory.mktemp("ndc")
+    codec = load_codec("c8")
+    for c in CLASSES:
+        (root / c).mkdir()
+        for f in sorted((IMAGENETTE / "val" / c).glob("*.JPEG"))[:3]:
+            (root / c / f"{f.stem}.ndc").write_bytes(codec.compress(to_tensor(prepare_image(load_image(f)))))
+    return root
+
+
+@pytest.fixture(scope="module")
+def shard(ndc_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shard") / "val.tar"
+    assert main(["pack", str(ndc_dir), "-o", str(out)]) == 0
+    return out
+
+
+def test_shard_is_a_plain_tar_in_webdataset_layout(ndc_dir, shard):
+    files = sorted(ndc_dir.rglob("*.ndc"))
+    listing = subprocess.run(["tar", "tf", str(shard)], capture_output=True, text=True, check=True).stdout.split()
+    keys = [f.relative_to(ndc_dir).with_suffix("").as_posix() for f in files]
+    assert listing == [f"{k}.{e}" for k in keys for e in ("ndc", "cls", "json")]
+    with tarfile.open(shard) as t:                      # the standard reader agrees with ours, byte for byte
+        std = {m.name: t.extractfile(m).read() for m in t.getmembers()}
+    assert {n: bytes(b) for n, b in iter_members(shard.read_bytes())} == std
+    samples = read_shard(shard)
+    assert [s.key for s in samples] == keys
+    for s, f in zip(samples, files):
+        assert s.ndc == f.read_bytes()
+        assert s.label == CLASSES.index(f.parent.name) and s.meta["class"] == f.parent.name
+        assert s.meta["model"] == "c8" and (s.meta["height"], s.meta["width"]) == (224, 224)
+
+
+def test_webdataset_package_reads_the_shard(shard):
+    wds = pytest.importorskip("webdataset")
+    got = [(s["__key__"], s["ndc"], int(s["cls"])) for s in wds.WebDataset(str(shard), shardshuffle=False)]
+    assert [(s.key, s.ndc, s.label) for s in read_shard(shard)] == got
+
+
+def test_batch_loader_decodes_shards_to_the_files_symbols(ndc_dir, shard):
+    codec = load_codec("c8")
+    loader = NdcBatchLoader([shard], codec, batch=4, device="cpu")
+    seen = []
+    for x, labels, keys in loader:
+        assert x.dtype == torch.uint8 and x.shape[1:] == (8, 28, 28)
+        for z, y, k in zip(x, labels.tolist(), keys):
+            np.testing.assert_array_equal(z.numpy(), codec.read_symbols((ndc_dir / f"{k}.ndc").read_bytes())[1])
+            assert y == CLASSES.index(k.split("/")[0])
+            seen.append(k)
+    assert len(seen) == 6 and loader.errors == []
+    y_hat, _, _ = next(iter(NdcBatchLoader([shard], codec, batch=6, device="cpu", latent=True)))
+    ds = NdcDataset([shard], codec)
+    z0, label0 = torch.utils.data.DataLoader(ds, batch_size=6)._get_iterator().__next__()
+    torch.testing.assert_close(y_hat, codec.latent(z0))
+    assert label0.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_corrupt_member_is_reported_by_name(ndc_dir, shard, tmp_path):
+    buf = bytearray(shard.read_bytes())
+    target = read_shard(shard)[2]
+    at = bytes(buf).index(target.ndc) + len(target.ndc) // 2
+    buf[at] ^= 0x10                                     # a flipped bit inside one member's payload
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(buf))
+    loader = NdcBatchLoader([bad], load_codec("c8"), batch=4, device="cpu")
+    keys = [k for _, _, ks in loader for k in ks]
+    assert target.key not in keys and len(keys) == 5
+    assert loader.errors == [(target.key, "corrupted .ndc file (checksum mismatch)")]
+    with pytest.raises(NodecodeError, match=target.key):
+        list(NdcBatchLoader([bad], load_codec("c8"), batch=4, device="cpu", strict=True))
+
+
+def test_truncated_or_foreign_shards_are_one_error(shard, tmp_path, capsys):
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[:2000])
+    with pytest.raises(NodecodeError, match="truncated"):
+        read_shard(cut)
+    junk = tmp_path / "junk.tar"
+    junk.write_bytes(b"x" * 1024)
+    with pytest.raises(NodecodeError, match="not a tar file|corrupt tar header"):
+        read_shard(junk)
+
+
+def test_pack_refuses_bad_input_without_writing(ndc_dir, tmp_path, capsys):
+    out = tmp_path / "o.tar"
+    assert main(["pack", str(tmp_path / "missing"), "-o", str(out)]) == 2
+    src = tmp_path / "src" / "cls"
+    src.mkdir(parents=True)
+    (src / "a.ndc").write_bytes((ndc_dir / CLASSES[0]).glob("*.ndc").__next__().read_bytes()[:-3])
+    assert main(["pack", str(src.parent), "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(e.startswith("nodecode: error: ") for e in err) and "a.ndc" in err[1]
+    assert not out.exists() and list(tmp_path.glob(".o.tar*")) == []
