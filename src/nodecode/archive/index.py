@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,14 +46,19 @@ class Row:
 def decode_image(data: bytes, name: str = "upload", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Image bytes -> uint8 (H, W, 3); one-line NodecodeError for non-images, truncation, bombs, oversize."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+        with im:
             if im.width * im.height > max_pixels:
                 raise NodecodeError(f"{name}: image too large ({im.width}x{im.height} > {max_pixels} pixels)")
             im.load()
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except NodecodeError:
         raise
-    except Image.DecompressionBombError:
+    except UnidentifiedImageError:
+        raise NodecodeError(f"{name}: not an image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise NodecodeError(f"{name}: image too large (decompression bomb)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise NodecodeError(f"{name}: not a readable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
