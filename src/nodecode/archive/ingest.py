@@ -32,10 +32,10 @@ def collect(paths: list[str | os.PathLike]) -> list[Path]:
     return uniq
 
 
-def add_files(archive: Archive, indexer: Indexer, files: list[Path], batch: int = 16, progress: bool = True,
-              log=sys.stderr) -> dict:
+def add_files(archive: Archive, indexer: Indexer, files: list[Path], batch: int = 16, progress: bool = True, log=None) -> dict:
     """Store every file not yet in the archive; bad files are reported one line each and skipped."""
     from tqdm import tqdm
+    log = log or sys.stderr
     counts = {"added": 0, "present": 0, "rejected": 0}
     pending: list[tuple[str, bytes]] = []
 
