@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS labels (
     score REAL NOT NULL,
     PRIMARY KEY (image_id, rank)
 );
-CREATE INDEX IF NOT EXISTS labels_by_name ON labels (name, score);
+CREATE INDEX IF NOT EXISTS labels_by_name ON labels (lower(name), score);
 CREATE INDEX IF NOT EXISTS labels_by_label ON labels (label, score);
 CREATE TABLE IF NOT EXISTS areas (
     image_id BIGINT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS areas (
     fraction REAL NOT NULL,
     PRIMARY KEY (image_id, name)
 );
-CREATE INDEX IF NOT EXISTS areas_by_name ON areas (name, fraction);
+CREATE INDEX IF NOT EXISTS areas_by_name ON areas (lower(name), fraction);
 """
 
 
