@@ -189,6 +189,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--real", type=int, default=400, help="images really ingested (train+val, by class)")
     p.add_argument("--rows", type=int, default=13394, help="index size for the search timings")
+    p.add_argument("--pg-real", type=int, default=40, help="images really ingested into the PostgreSQL archive")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pg", default=None, help="also time search on this PostgreSQL database URL")
     p.add_argument("--clients", type=int, default=8)
@@ -204,7 +205,7 @@ def main():
     for name, url in dbs:
         ar = tmp / name
         cli(["archive", "init", str(ar)] + (["--db", url] if url else []))
-        r = ingest(ar, files, a.threads)
+        r = ingest(ar, files if url is None else files[:a.pg_real], a.threads)
         print(f"[{name}] ingest: {r['images']} images of 224x224 in {r['seconds']:.1f} s = {r['img_per_s']:.2f} img/s "
               f"on {a.threads} threads; ms/image by stage {json.dumps({k: round(v, 1) for k, v in r['ms_per_image_by_stage'].items()})}")
         res[f"ingest_{name}"] = r
@@ -222,7 +223,8 @@ def main():
                   f"({s['ratio']:.1f}x smaller, {s['ndc_bytes'] / s['images']:.0f} B/image)")
         fill_synthetic(ar, a.rows)
         r = search_latency(ar)
-        print(f"[{name}] search at {r['rows']} rows ({a.real} real): label p50 {r['label_p50_ms']:.2f} ms p99 "
+        r["real_rows"] = res[f"ingest_{name}"]["images"]
+        print(f"[{name}] search at {r['rows']} rows ({r['real_rows']} real): label p50 {r['label_p50_ms']:.2f} ms p99 "
               f"{r['label_p99_ms']:.2f} ms; similar p50 {r['similar_p50_ms']:.2f} ms p99 {r['similar_p99_ms']:.2f} ms")
         res[f"search_{name}"] = r
     if a.load_seconds > 0:
