@@ -26,6 +26,7 @@ from nodecode.errors import NodecodeError
 
 CONFIG = "archive.json"
 SHA = re.compile(r"^[0-9a-f]{64}$")
+WNID = re.compile(r"^n\d{8}$")   # a class id (ImageNet WordNet id) rather than a name
 
 
 def init_archive(path: str | os.PathLike, db: str | None = None, codec: str = "c8") -> Path:
@@ -206,14 +207,16 @@ class Archive:
         q = text.strip().lower()
         if not q:
             return self.recent(limit)
+        # each query is one range scan of an index on (key, score), read in score order and stopped at `limit`
+        by = "l.label = ?" if WNID.match(text.strip()) else "lower(l.name) = ?"
         rows = self.db.query(
             "SELECT i.id, i.name, l.name, l.score FROM labels l JOIN images i ON i.id = l.image_id"
-            " WHERE (lower(l.name) = ? OR l.label = ?) AND l.score >= ? ORDER BY l.score DESC, i.id LIMIT ?",
-            (q, text.strip(), float(min_score), int(limit)))
+            f" WHERE {by} AND l.score >= ? ORDER BY l.score DESC LIMIT ?",
+            (text.strip() if by.startswith("l.label") else q, float(min_score), int(limit)))
         if not rows:   # segmenter classes ("road", "sky"): by area fraction
             rows = self.db.query(
                 "SELECT i.id, i.name, a.name, a.fraction FROM areas a JOIN images i ON i.id = a.image_id"
-                " WHERE lower(a.name) = ? AND a.fraction >= ? ORDER BY a.fraction DESC, i.id LIMIT ?",
+                " WHERE lower(a.name) = ? AND a.fraction >= ? ORDER BY a.fraction DESC LIMIT ?",
                 (q, float(min_score), int(limit)))
         return [{"id": int(a), "name": b, "match": c, "score": float(s)} for a, b, c, s in rows]
 
