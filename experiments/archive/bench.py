@@ -195,7 +195,25 @@ def main():
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--load-seconds", type=float, default=60)
     p.add_argument("--out", default=None)
+    p.add_argument("--search-only", nargs="+", default=None, metavar="ARCHIVE",
+                   help="only time search on archives a previous run built (their paths are printed); merges into --out")
     a = p.parse_args()
+    if a.search_only:
+        res = json.loads(Path(a.out).read_text()) if a.out and Path(a.out).exists() else {}
+        for ar in map(Path, a.search_only):
+            name = json.loads((ar / "archive.json").read_text())["db"] and "postgresql" or "sqlite"
+            r = search_latency(ar)
+            from nodecode.archive.store import Archive
+            with Archive(ar) as x:
+                r["real_rows"] = x.db.query("SELECT COUNT(*) FROM images WHERE name NOT LIKE ?", ("synthetic-%",))[0][0]
+            r["command"] = " ".join(sys.argv)
+            print(f"[{name}] search at {r['rows']} rows ({r['real_rows']} real): label p50 {r['label_p50_ms']:.2f} ms p99 "
+                  f"{r['label_p99_ms']:.2f} ms; similar p50 {r['similar_p50_ms']:.2f} ms p99 {r['similar_p99_ms']:.2f} ms")
+            res[f"search_{name}"] = r
+        if a.out:
+            from nodecode.utils import write_json
+            write_json(a.out, res)
+        return
     from nodecode.cli import main as cli
     from nodecode.utils import provenance
     files = real_files(a.real)

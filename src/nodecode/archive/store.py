@@ -176,6 +176,7 @@ class Archive:
                                 [(image_id, k, c, n, s) for k, (c, n, s) in enumerate(row.top)])
                 cur.executemany("INSERT INTO areas (image_id, name, fraction) VALUES (?, ?, ?)",
                                 [(image_id, n, f) for n, f in row.areas.items()])
+            self._emb = None   # this process's next similarity query sees the new row
         except BaseException:
             if self.has(row.sha256) is None:   # no row: the object must not stay behind
                 self.object_path(row.sha256).unlink(missing_ok=True)
@@ -224,32 +225,42 @@ class Archive:
         rows = self.db.query("SELECT id, name, label FROM images ORDER BY id DESC LIMIT ?", (int(limit),))
         return [{"id": int(a), "name": b, "match": c, "score": None} for a, b, c in rows]
 
-    def _embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, unit embeddings) of all images, cached in memory and refreshed when rows change."""
-        n, top = self.db.query("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM images")[0]
-        if self._emb is None or self._emb[:2] != (n, top):
-            rows = self.db.query("SELECT id, embedding FROM images ORDER BY id")
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            mat = np.stack([np.frombuffer(bytes(r[1]), dtype=np.float32) for r in rows]) if rows else np.zeros((0, 1), np.float32)
-            self._emb = (n, top, ids, mat)
-        return self._emb[2], self._emb[3]
+    def _embeddings(self) -> tuple[np.ndarray, np.ndarray, list]:
+        """(ids, unit embeddings, names) of all images, held in memory; re-checked against the database at most
+        once a second (and at once after this process's own writes), reloaded when rows changed."""
+        now = time.monotonic()
+        if self._emb is None or now - self._emb[1] > 1.0:
+            n, top = self.db.query("SELECT COUNT(*), COALESCE(MAX(id), 0) FROM images")[0]
+            if self._emb is None or self._emb[0] != (n, top):
+                rows = self.db.query("SELECT id, name, embedding FROM images ORDER BY id")
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                mat = np.stack([np.frombuffer(bytes(r[2]), dtype=np.float32) for r in rows]) if rows \
+                    else np.zeros((0, 1), np.float32)
+                self._emb = ((n, top), now, ids, mat, [r[1] for r in rows])
+            else:
+                self._emb = (self._emb[0], now, *self._emb[2:])
+        return self._emb[2], self._emb[3], self._emb[4]
 
     def similar(self, embedding: np.ndarray, k: int = 10, exclude: int | None = None) -> list[dict]:
-        """The k nearest images by cosine similarity of the embeddings (exact search)."""
-        ids, mat = self._embeddings()
+        """The k nearest images by cosine similarity of the embeddings (exact search over the in-memory matrix)."""
+        ids, mat, names = self._embeddings()
         if not len(ids):
             return []
         sims = mat @ embedding.astype(np.float32)
         if exclude is not None:
             sims[ids == exclude] = -np.inf
-        k = min(k, len(ids) - (exclude is not None and exclude in ids))
-        top = np.argpartition(-sims, k - 1)[:k] if k > 0 else np.array([], dtype=np.int64)
+        k = min(k, len(ids) - int(exclude is not None and bool((ids == exclude).any())))
+        if k <= 0:
+            return []
+        top = np.argpartition(-sims, k - 1)[:k]
         top = top[np.argsort(-sims[top])]
-        names = dict(self.db.query(f"SELECT id, name FROM images WHERE id IN ({','.join('?' * len(top))})",
-                                   tuple(int(ids[i]) for i in top))) if len(top) else {}
-        return [{"id": int(ids[i]), "name": names.get(int(ids[i])), "score": float(sims[i])} for i in top]
+        return [{"id": int(ids[i]), "name": names[i], "score": float(sims[i])} for i in top]
 
     def embedding(self, image_id: int) -> np.ndarray:
+        ids, mat, _ = self._embeddings()
+        i = int(np.searchsorted(ids, int(image_id)))
+        if i < len(ids) and ids[i] == int(image_id):
+            return mat[i]
         r = self.db.query("SELECT embedding FROM images WHERE id = ?", (int(image_id),))
         if not r:
             raise NodecodeError(f"no image with id {image_id}")
