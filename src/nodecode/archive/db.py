@@ -59,7 +59,7 @@ class Database:
         try:
             if self.pg:
                 import psycopg
-                self.conn = psycopg.connect(url, autocommit=False, connect_timeout=10)
+                self.conn = psycopg.connect(url, autocommit=True, connect_timeout=10)   # reads: one round trip
             else:
                 self.conn = sqlite3.connect(url, timeout=30, check_same_thread=False, isolation_level=None)
                 self.conn.execute("PRAGMA journal_mode=WAL")
@@ -99,7 +99,7 @@ class Database:
     def query(self, sql: str, params=()) -> list[tuple]:
         with self._lock:
             if self.pg:
-                with self.conn.transaction(), self.conn.cursor() as cur:
+                with self.conn.cursor() as cur:
                     cur.execute(self._sql(sql), params)
                     return cur.fetchall()
             return self.conn.execute(sql, params).fetchall()
