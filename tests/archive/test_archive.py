@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import cli, consistency, sha_of
+from .conftest import cli, consistency, sha_of
 from nodecode.cli import main
 
 

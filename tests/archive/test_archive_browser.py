@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ARTIFACTS, consistency
+from .conftest import ARTIFACTS, consistency
 from nodecode.cli import main
 
 CHROMEDRIVER = "/usr/bin/chromedriver"

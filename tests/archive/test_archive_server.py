@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import consistency, png_bytes
+from .conftest import consistency, png_bytes
 from nodecode.cli import main
 
 TOKEN = "s3cret-token"
