@@ -321,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--kodak-limit", type=int, default=None)
     bs.add_argument("--cpu-images", type=int, default=3, help="Kodak images timed on one CPU core")
     bs.set_defaults(fn=_bench_speed)
+    from nodecode.archive.cli import add_commands
+    add_commands(sub)
     return p
 
 

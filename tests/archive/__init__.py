@@ -1,0 +1,1 @@
+"""The archive suite (a package, so that its conftest does not shadow tests/conftest.py)."""
