@@ -68,12 +68,12 @@ def sync(dev):
 @guarded("prepare")
 def prepare(val_dir, work: Path, limit, workers, dev):
     from nodecode.data.cache import pool_map
-    from nodecode.data.classification import _load_one, scan_image_folder
+    from nodecode.data.folders import load_prepared, scan_image_folder
     folder = scan_image_folder(val_dir)
     idx = np.unique(np.linspace(0, len(folder.files) - 1, limit or len(folder.files)).round().astype(int))
     files = [folder.files[i] for i in idx]
     names = [f"{f.parent.name}/{f.stem}" for f in files]
-    images = [a.transpose(1, 2, 0) for a in pool_map(_load_one, [(str(f), 224) for f in files], workers)]
+    images = [a.transpose(1, 2, 0) for a in pool_map(load_prepared, [(str(f), 224) for f in files], workers)]
     info = {"names": names, "originals": [str(f) for f in files], "bpp": {}, "classes": sorted({n.split("/")[0] for n in names})}
     for point in ("c8", "c16"):
         codec = load_codec(point, dev)
