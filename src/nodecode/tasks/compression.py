@@ -15,7 +15,7 @@ from nodecode.codec.entropy import rate_loss
 from nodecode.codec.zoo import load_codec, save_codec
 from nodecode.data.tiles import load_tiles, random_crops
 from nodecode.errors import NodecodeError
-from nodecode.tasks.engine import Engine, EngineConfig
+from nodecode.tasks.engine import Engine, EngineConfig, checkpoint_interval
 from nodecode.utils import pick_device, provenance, write_json
 
 
@@ -42,6 +42,7 @@ class CodecTrainConfig:
     device: str | None = None
     seed: int = 0
     table_tiles: int = 4096        # tiles of the training set the frequency tables are fitted on
+    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm" (default: every 120 s)
 
 
 def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
@@ -101,8 +102,8 @@ def train_codec(cfg: CodecTrainConfig) -> Path:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, checkpoint_every_s=120,
-                                                   max_minutes=cfg.max_minutes),
+    engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, max_minutes=cfg.max_minutes,
+                                                   **checkpoint_interval(cfg.checkpoint_every, 120)),
                     lr_at=lambda s: 0.1 if s >= cfg.lr_decay_at * cfg.steps else 1.0, meta={"config": asdict(cfg)})
     gen = torch.Generator().manual_seed(cfg.seed + 1000 * engine.step)  # a fresh stream per resume
 

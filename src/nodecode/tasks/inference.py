@@ -22,6 +22,7 @@ from nodecode.data.augment import InputPipeline
 from nodecode.data.classification import exact_fp32, prepare_image
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
+from nodecode.limits import check_aspect
 from nodecode.tasks.classification import bundled_classifier, load_classifier, needs_codec
 
 
@@ -37,7 +38,9 @@ def _input(path: Path, kind: str, codec, dev) -> tuple[torch.Tensor, str]:
         with torch.no_grad(), exact_fp32():
             x = codec_for(data, codec if kind == "decoded" else None, dev).decompress(data)
         return x.mul(255).round().to(torch.uint8), "ndc-decoded"
-    img = torch.from_numpy(prepare_image(load_image(path))).permute(2, 0, 1)[None].contiguous()
+    img = load_image(path)
+    check_aspect(img.shape[1], img.shape[0], f"image {path}")
+    img = torch.from_numpy(prepare_image(img)).permute(2, 0, 1)[None].contiguous()
     if kind in ("rgb", "webp"):
         return img, "image"
     with torch.no_grad(), exact_fp32():
@@ -116,7 +119,7 @@ def segment_file(path: str | os.PathLike, output: str | os.PathLike, overlay: st
     """
     import numpy as np
     from nodecode.tasks.segmentation import load_segmenter, predict
-    from nodecode.utils import atomic_path
+    from nodecode.utils import atomic_outputs
     for out in (output, overlay):
         if out is not None and Path(out).suffix.lower() != ".png":
             raise NodecodeError(f"mask and overlay are written as PNG: {out} should end in .png")
@@ -146,17 +149,17 @@ def segment_file(path: str | os.PathLike, output: str | os.PathLike, overlay: st
             how = "image-encoded"
     pipe = InputPipeline(kind, torch.tensor(meta["mean"]), codec)
     mask = predict(net, pipe(x.to(dev)), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
-    with atomic_path(output, ".png") as tmp:
+    with atomic_outputs(output, overlay, suffix=".png") as (tmp, tmp_overlay):   # both written, or neither
         mask_image(mask).save(tmp, format="PNG")
-    if overlay:
-        if path.suffix.lower() == ".ndc":
-            with exact_fp32():
-                rgb = codec_for(data, codec, dev).decompress(data).mul(255).round().to(torch.uint8)[0].cpu()
-        else:
-            rgb = img[0]
-        blend = (0.5 * rgb.permute(1, 2, 0).numpy() + 0.5 * np.asarray(mask_image(mask).convert("RGB"))).astype(np.uint8)
-        from nodecode.data.images import save_image
-        save_image(blend, overlay)
+        if overlay:
+            if path.suffix.lower() == ".ndc":
+                with exact_fp32():
+                    rgb = codec_for(data, codec, dev).decompress(data).mul(255).round().to(torch.uint8)[0].cpu()
+            else:
+                rgb = img[0]
+            blend = (0.5 * rgb.permute(1, 2, 0).numpy() + 0.5 * np.asarray(mask_image(mask).convert("RGB"))).astype(np.uint8)
+            from PIL import Image
+            Image.fromarray(blend).save(tmp_overlay, format="PNG")
     counts = np.bincount(mask.ravel(), minlength=len(meta["class_names"]))
     return {"path": str(path), "read": how, "mask": str(output), "height": size[0], "width": size[1],
             "classes": {meta["class_names"][i]: float(c) / mask.size for i, c in enumerate(counts) if c}}
