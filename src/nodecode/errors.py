@@ -17,7 +17,8 @@ def safe_text(text: str, limit: int = 80) -> str:
 def one_line(exc: BaseException) -> str:
     """An exception as one printable line: its first non-empty line, cleaned and clipped; never empty."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    if isinstance(exc, MemoryError) or "out of memory" in (lines[0].lower() if lines else ""):
+    first = lines[0].lower() if lines else ""
+    if isinstance(exc, MemoryError) or "out of memory" in first or "can't allocate memory" in first:
         head = "out of memory" + (f" ({safe_text(lines[0], 160)})" if lines else "")
         return head + "; try a smaller image or a lower --max-pixels"
     if not lines:
