@@ -1,0 +1,149 @@
+"""kill -9 a tiny CPU `nodecode train codec` run at random moments (half of them while a checkpoint is being
+written), N times in a row on the same run folder, then let it finish. After every kill: the checkpoint loads, its
+step never goes back, the work lost is at most one checkpoint interval (+ one step); on every restart: no stale
+temporaries, no duplicate log lines. Writes results/fuzz/kill9.json and kill9.md.
+
+    nice -n 10 python experiments/fuzz/kill9.py --trials 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+KODAK = ROOT.parent / "shared" / "datasets" / "kodak"
+
+
+def checkpoint_state(run: Path) -> dict:
+    """Whether last.safetensors loads completely (every tensor, into a fresh codec + Adam), and its step."""
+    import torch
+    from nodecode.codec.autoencoder import CodecConfig, CompressionModel
+    from nodecode.tasks.checkpoint import load_checkpoint
+    ckpt = run / "last.safetensors"
+    if not ckpt.exists():
+        return {"exists": False, "loads": None, "step": 0, "mtime": None}
+    try:
+        model = CompressionModel(CodecConfig("c8", 8, 6))
+        meta = load_checkpoint(ckpt, model, torch.optim.Adam(model.parameters()), restore_rng=False)
+        return {"exists": True, "loads": True, "step": int(meta["step"]), "mtime": ckpt.stat().st_mtime}
+    except Exception as e:  # noqa: BLE001 - an unloadable checkpoint is what this experiment looks for
+        return {"exists": True, "loads": False, "error": str(e)[:200], "step": None, "mtime": ckpt.stat().st_mtime}
+
+
+def log_state(run: Path) -> dict:
+    f = run / "log.jsonl"
+    rows = []
+    torn = 0
+    for line in (f.read_text().splitlines() if f.exists() else []):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            torn += 1
+    keys = [(r["split"], r["step"]) for r in rows if r.get("split") in ("train", "val")]
+    return {"lines": len(rows), "torn": torn, "duplicates": len(keys) - len(set(keys)),
+            "resumes": sum(r.get("split") == "resume" for r in rows),
+            "max_step": max((r["step"] for r in rows if r.get("split") == "train"), default=0)}
+
+
+def stale(run: Path) -> list[str]:
+    return sorted(p.name for p in run.glob(".*.tmp.*")) if run.exists() else []
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=20)
+    ap.add_argument("--every", default="2s", help="--checkpoint-every of the run")
+    ap.add_argument("--steps", type=int, default=800)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(ROOT / "results" / "fuzz"))
+    a = ap.parse_args()
+    rnd = random.Random(a.seed)
+    every_s = float(a.every[:-1]) * {"s": 1, "m": 60}[a.every[-1]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data, run = Path(tmp) / "data", Path(tmp) / "run"
+        data.mkdir()
+        for name in ("kodim01.png", "kodim02.png", "kodim03.png"):
+            (data / name).symlink_to(KODAK / name)
+        cmd = [sys.executable, "-m", "nodecode.cli", "train", "codec", "--data", str(data), "--out", str(run),
+               "--channels", "8", "--name", "c8", "--steps", str(a.steps), "--batch-size", "2", "--crop", "32",
+               "--tile", "64", "--device", "cpu", "--checkpoint-every", a.every]
+        for t in range(a.trials + 1):
+            final = t == a.trials
+            before = checkpoint_state(run)
+            p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            t_start = time.time()
+            # at restart: the engine removes stale temporaries and cuts the log before training (checked below)
+            if final:
+                err = p.communicate()[1]
+                mode, kill_at = "run to the end", None
+            else:
+                mode = "during checkpoint write" if t % 2 else "random moment"
+                if mode == "random moment":
+                    time.sleep(rnd.uniform(12.0, 25.0))   # start-up (imports, tiles) takes ~8 s
+                else:   # wait until a checkpoint temporary appears (a write in progress), then kill at once
+                    deadline = time.time() + 60
+                    while time.time() < deadline and p.poll() is None and not stale(run):
+                        time.sleep(0.0005)
+                kill_at = time.time()
+                os.kill(p.pid, signal.SIGKILL)
+                p.wait()
+                err = ""
+            st_tmp = stale(run)
+            ck = checkpoint_state(run)
+            lg = log_state(run)
+            # training time lost: since the last checkpoint this process wrote (None: it wrote none before the kill)
+            lost = None if final or not ck["exists"] or ck["mtime"] < t_start else round(kill_at - ck["mtime"], 2)
+            rows.append({"trial": t + 1, "mode": mode, "seconds_alive": round(time.time() - t_start, 1),
+                         "stale_temporaries_after_kill": len(st_tmp),
+                         "ckpt_loads": ck["loads"], "ckpt_step_before": before["step"], "ckpt_step_after": ck["step"],
+                         "step_never_back": ck["step"] is not None and ck["step"] >= before["step"],
+                         "seconds_since_last_checkpoint": lost, "log_duplicates": lg["duplicates"],
+                         "log_torn_lines": lg["torn"], "log_resume_marks": lg["resumes"],
+                         "exit": p.returncode, "stderr_tail": err.strip().splitlines()[-1:] if err else []})
+            print(json.dumps(rows[-1]), flush=True)
+        end = {"stale_after_finish": stale(run), "codec_written": (run / "codec.safetensors").exists(),
+               "final_log": log_state(run)}
+        if end["codec_written"]:
+            from nodecode.codec.zoo import load_codec
+            end["codec_loads"] = load_codec(str(run / "codec.safetensors")).config.channels == 8
+    kills = rows[:-1]
+    # stale temporaries after a kill are expected (a write was cut): what matters is that a restart removes them,
+    # which the next row shows (the engine deletes them before loading) and stale_after_finish confirms
+    summary = {"command": " ".join(["python experiments/fuzz/kill9.py"] + sys.argv[1:]), "train_command": cmd,
+               "checkpoint_every": a.every, "trials": len(kills), "rows": rows, "end": end,
+               "all_resumed": all(r["step_never_back"] for r in rows), "all_loadable": all(r["ckpt_loads"] in (True, None) for r in rows),
+               "max_seconds_lost": max((r["seconds_since_last_checkpoint"] or 0) for r in kills),
+               "any_duplicate_log_line": any(r["log_duplicates"] for r in rows) or end["final_log"]["duplicates"] > 0,
+               "kills_during_write": sum(r["stale_temporaries_after_kill"] > 0 for r in kills)}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kill9.json").write_text(json.dumps(summary, indent=1) + "\n")
+    md = [f"# kill -9 during training\n", f"`{summary['command']}`; run: `nodecode train codec ... --checkpoint-every "
+          f"{a.every}` (C=8, 3 Kodak images, 32x32 crops, CPU, one thread).\n",
+          "| trial | kill | alive s | ckpt step before → after | loads | s since last ckpt | stale tmp after kill | "
+          "duplicate log lines | torn lines | resume marks |", "|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        md.append(f"| {r['trial']} | {r['mode']} | {r['seconds_alive']} | {r['ckpt_step_before']} → {r['ckpt_step_after']} | "
+                  f"{r['ckpt_loads']} | {r['seconds_since_last_checkpoint']} | {r['stale_temporaries_after_kill']} | "
+                  f"{r['log_duplicates']} | {r['log_torn_lines']} | {r['log_resume_marks']} |")
+    md.append(f"\nAfter the final run: stale files {end['stale_after_finish'] or 'none'}, codec written "
+              f"{end['codec_written']}, loads {end.get('codec_loads')}, final log {end['final_log']}.\n")
+    md.append(f"All resumed (step never went back): {summary['all_resumed']}; every checkpoint loadable: "
+              f"{summary['all_loadable']}; most work lost at a kill: {summary['max_seconds_lost']} s "
+              f"(interval {a.every}); kills that cut a checkpoint write: {summary['kills_during_write']}; "
+              f"any duplicate log line: {summary['any_duplicate_log_line']}.\n")
+    (out / "kill9.md").write_text("\n".join(md) + "\n")
+
+
+if __name__ == "__main__":
+    main()
