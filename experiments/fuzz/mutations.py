@@ -147,11 +147,11 @@ def seed_files(codecs: dict, sizes=((16, 16), (24, 40), (33, 17), (64, 64), (8, 
     return out
 
 
-def random_valid(codec, rng: np.random.Generator) -> bytes:
+def random_valid(codec, rng: np.random.Generator, big: bool = True) -> bytes:
     """A well-formed file of random symbols and an odd shape (1x1 up to 1x300 strips): what gets past every check
-    and drives the networks on shapes no photo has."""
-    shapes = [(1, 1), (1, int(rng.integers(1, 300))), (int(rng.integers(1, 300)), 1),
-              (int(rng.integers(1, 40)), int(rng.integers(1, 40)))]
+    and drives the networks on shapes no photo has (`big`: latents up to 1x300 / 40x40, else 1x64 / 16x16)."""
+    shapes = [(1, 1), (1, int(rng.integers(1, 300 if big else 64))), (int(rng.integers(1, 300 if big else 64)), 1),
+              (int(rng.integers(1, 40 if big else 16)), int(rng.integers(1, 40 if big else 16)))]
     h, w = shapes[int(rng.integers(len(shapes)))]
     c, L = codec.config.channels, codec.config.num_centers
     if rng.random() < 0.5:
