@@ -103,7 +103,7 @@ def main() -> None:
             lg = log_state(run)
             # training time lost: since the last checkpoint this process wrote (None: it wrote none before the kill)
             lost = None if final or not ck["exists"] or ck["mtime"] < t_start else round(kill_at - ck["mtime"], 2)
-            rows.append({"trial": t + 1, "mode": mode, "seconds_alive": round(time.time() - t_start, 1),
+            rows.append({"trial": t + 1, "mode": mode, "seconds_alive": round((kill_at or time.time()) - t_start, 1),
                          "stale_temporaries_after_kill": len(st_tmp),
                          "ckpt_loads": ck["loads"], "ckpt_step_before": before["step"], "ckpt_step_after": ck["step"],
                          "step_never_back": ck["step"] is not None and ck["step"] >= before["step"],
