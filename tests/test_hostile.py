@@ -113,7 +113,7 @@ def test_all_outputs_or_none(tmp_path):
             a.write_bytes(b"mask")
             raise RuntimeError("overlay failed")
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(OSError):       # an unwritable second output: refused before the first is written
+    with pytest.raises(NodecodeError, match="cannot write"):   # an unwritable second output: refused before the first is written
         with atomic_outputs(tmp_path / "mask.png", "/proc/nodecode-test/ov.png") as (a, b):
             a.write_bytes(b"mask")
     assert list(tmp_path.iterdir()) == []
@@ -145,3 +145,10 @@ def test_segment_unwritable_overlay_leaves_no_mask(tmp_path, capsys):
     assert main(["segment", str(tmp_path / "good.ndc"), "-o", str(tmp_path / "mask.png"),
                  "--overlay", str(tmp_path / "ov.png")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.ndc", "mask.png", "ov.png"]
+
+
+def test_pillow_bomb_check_follows_the_limit(tmp_path):
+    """Pillow's own bomb check (2x its default) is replaced by nodecode's limit, so --max-pixels can raise it."""
+    Image.new("1", (30000, 30000)).save(tmp_path / "huge.png")        # 900 M pixels: over Pillow's 179 M
+    with pytest.raises(NodecodeError, match="over the"):
+        load_image(tmp_path / "huge.png")

@@ -316,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from nodecode.limits import set_max_pixels
         set_max_pixels(args.max_pixels)
+        if getattr(args, "checkpoint_every", None) is not None:    # refused before any data is read
+            from nodecode.tasks.engine import checkpoint_interval
+            checkpoint_interval(args.checkpoint_every, 0)
         args.fn(args)
     except KeyboardInterrupt:
         print("nodecode: interrupted", file=sys.stderr)

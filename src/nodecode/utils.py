@@ -35,14 +35,21 @@ def atomic_outputs(*paths: str | os.PathLike | None, suffix: str | None = None):
     if the block succeeds, so a command never leaves some of its outputs behind after failing.
 
     Every temporary is created before the block runs: an unwritable output fails before any work is done."""
+    from nodecode.errors import NodecodeError
     tmps: list[Path | None] = []
     try:
         for p in paths:
-            tmps.append(None if p is None else _temporary(Path(p), suffix))
+            try:
+                tmps.append(None if p is None else _temporary(Path(p), suffix))
+            except OSError as e:
+                raise NodecodeError(f"cannot write {p}: {e.strerror or e}") from None
         yield tmps
         for p, t in zip(paths, tmps):
             if t is not None:
-                os.replace(t, p)
+                try:
+                    os.replace(t, p)
+                except OSError as e:
+                    raise NodecodeError(f"cannot write {p}: {e.strerror or e}") from None
     finally:
         for t in tmps:
             if t is not None and os.path.exists(t):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from nodecode.errors import NodecodeError, one_line
-from nodecode.limits import check_pixels
+from nodecode.limits import check_pixels, max_pixels
 from nodecode.utils import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -39,6 +39,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise NodecodeError(f"no such file: {path}")
     if path.is_dir():
         raise NodecodeError(f"is a directory, not an image: {path}")
+    Image.MAX_IMAGE_PIXELS = max_pixels()        # Pillow's bomb check follows nodecode's limit (and --max-pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -50,6 +51,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                 return _rgb(im)
     except NodecodeError:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise NodecodeError(f"image {path} is over the pixel limit of {max_pixels()}: refused "
+                            f"(raise it with nodecode --max-pixels N or NODECODE_MAX_PIXELS)") from None
     except MemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - Pillow parses hostile bytes: whatever it raises means "unreadable"
