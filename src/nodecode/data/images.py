@@ -52,7 +52,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     except NodecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise NodecodeError(f"image {path} is over the pixel limit of {max_pixels()}: refused "
+        raise NodecodeError(f"image {path} is over the limit of {max_pixels()} pixels: refused "
                             f"(raise it with nodecode --max-pixels N or NODECODE_MAX_PIXELS)") from None
     except MemoryError:
         raise
