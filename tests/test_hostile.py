@@ -149,6 +149,6 @@ def test_segment_unwritable_overlay_leaves_no_mask(tmp_path, capsys):
 
 def test_pillow_bomb_check_follows_the_limit(tmp_path):
     """Pillow's own bomb check (2x its default) is replaced by nodecode's limit, so --max-pixels can raise it."""
-    Image.new("1", (30000, 30000)).save(tmp_path / "huge.png")        # 900 M pixels: over Pillow's 179 M
+    Image.new("1", (14000, 14000)).save(tmp_path / "huge.png")        # 196 M pixels: over Pillow's 179 M
     with pytest.raises(NodecodeError, match="over the"):
         load_image(tmp_path / "huge.png")
