@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "results" / "fuzz"))
+    ap.add_argument("--kodak", default=str(KODAK))
     a = ap.parse_args()
     rnd = random.Random(a.seed)
     every_s = float(a.every[:-1]) * {"s": 1, "m": 60}[a.every[-1]]
@@ -80,7 +81,7 @@ def main() -> None:
         data, run = Path(tmp) / "data", Path(tmp) / "run"
         data.mkdir()
         for name in ("kodim01.png", "kodim02.png", "kodim03.png"):
-            (data / name).symlink_to(KODAK / name)
+            (data / name).symlink_to(Path(a.kodak) / name)
         # the library entry of `nodecode train codec` (same config the CLI builds): the CLI's parser imports the
         # benchmark module (torch._dynamo), which adds ~10 s to every start on a loaded 2-core machine
         cfg = (f"CodecTrainConfig(data={str(data)!r}, out={str(run)!r}, name='c8', channels=8, steps={a.steps}, "
@@ -106,7 +107,8 @@ def main() -> None:
                         time.sleep(0.05)
                     time.sleep(rnd.uniform(0.0, 2 * every_s))
                 else:   # wait until a new checkpoint temporary appears (a write in progress), then kill at once
-                    while time.time() < deadline and p.poll() is None and not set(stale(run)) - old_tmp:
+                    while time.time() < deadline and p.poll() is None and not \
+                            any(n.startswith(".last.safetensors") for n in set(stale(run)) - old_tmp):
                         time.sleep(0.0005)
                 kill_at = time.time()
                 os.kill(p.pid, signal.SIGKILL)
@@ -120,7 +122,7 @@ def main() -> None:
             # training time lost: since the last checkpoint this process wrote (None: it wrote none before the kill)
             lost = None if final or not ck["exists"] or ck["mtime"] < t_start else round(kill_at - ck["mtime"], 2)
             rows.append({"trial": t + 1, "mode": mode, "seconds_alive": round((kill_at or time.time()) - t_start, 1),
-                         "stale_temporaries_after_kill": len(st_tmp),
+                         "stale_temporaries_after_kill": len(st_tmp), "temporaries": [n.split(".tmp.")[0] for n in st_tmp],
                          "ckpt_loads": ck["loads"], "ckpt_step_before": before["step"], "ckpt_step_after": ck["step"],
                          "step_never_back": ck["step"] is not None and ck["step"] >= before["step"],
                          "seconds_since_last_checkpoint": lost, "log_duplicates": lg["duplicates"],
@@ -148,11 +150,11 @@ def main() -> None:
           f"{a.every!r}))` (what `nodecode train codec --checkpoint-every {a.every}` runs; C=8, 3 Kodak images, "
           "32x32 crops, CPU, one thread). Random kills come 0-2 intervals after the process's first checkpoint; "
           "write kills the moment a new checkpoint temporary appears.\n",
-          "| trial | kill | alive s | ckpt step before → after | loads | s since last ckpt | stale tmp after kill | "
+          "| trial | kill | alive s | ckpt step before → after | loads | s since last ckpt | temporaries left by the kill | "
           "duplicate log lines | torn lines | resume marks |", "|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         md.append(f"| {r['trial']} | {r['mode']} | {r['seconds_alive']} | {r['ckpt_step_before']} → {r['ckpt_step_after']} | "
-                  f"{r['ckpt_loads']} | {r['seconds_since_last_checkpoint']} | {r['stale_temporaries_after_kill']} | "
+                  f"{r['ckpt_loads']} | {r['seconds_since_last_checkpoint']} | {', '.join(r['temporaries']) or '-'} | "
                   f"{r['log_duplicates']} | {r['log_torn_lines']} | {r['log_resume_marks']} |")
     md.append(f"\nAfter the final run: stale files {end['stale_after_finish'] or 'none'}, codec written "
               f"{end['codec_written']}, loads {end.get('codec_loads')}, final log {end['final_log']}.\n")
