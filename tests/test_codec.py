@@ -102,3 +102,22 @@ def test_file_from_another_model_is_refused(small_codec, kodak_crop):
     other = CompressionModel(CodecConfig("test8", channels=8)).eval()
     with pytest.raises(NodecodeError, match="written by model"):
         other.read_symbols(_file(small_codec, kodak_crop))
+
+
+def test_quantizer_hard_forward_and_its_center_gradient_match_indexing():
+    """Q̄'s one-hot form of centers[z] (a fast backward on GPUs) gives the value and gradients of plain indexing."""
+    from nodecode.codec.quantizer import ScalarQuantizer
+    torch.manual_seed(0)
+    q = ScalarQuantizer(6)
+    y = (torch.randn(2, 4, 7, 7) * 1.5).requires_grad_()
+    w = torch.randn(2, 4, 7, 7)
+    y_hat, symbols, _ = q(y)
+    (y_hat * w).sum().backward()
+    got_c, got_y = q.centers.grad.clone(), y.grad.clone()
+    assert torch.equal(y_hat.detach(), q.centers.detach()[symbols])
+    q.centers.grad, y.grad = None, None
+    soft = torch.softmax(-q.sigma * q.distances(y), -1)
+    y_soft = (soft * q.centers).sum(-1)
+    ((q.centers[symbols] + (y_soft - y_soft.detach())) * w).sum().backward()
+    torch.testing.assert_close(got_c, q.centers.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(got_y, y.grad)

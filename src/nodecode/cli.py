@@ -7,12 +7,10 @@ import sys
 
 
 def _train_codec(a):
+    from dataclasses import fields
     from nodecode.tasks.compression import CodecTrainConfig, train_codec
-    train_codec(CodecTrainConfig(
-        data=a.data, out=a.out, name=a.name or f"c{a.channels}", channels=a.channels, num_centers=a.num_centers,
-        beta=a.beta, target_entropy=a.target_entropy, lr=a.lr, batch_size=a.batch_size, crop=a.crop,
-        tile=a.tile, steps=a.steps, max_minutes=a.max_minutes, init=a.init, val_data=a.val_data, cache_dir=a.cache_dir,
-        device=a.device, seed=a.seed, checkpoint_every=a.checkpoint_every))
+    kw = {f.name: getattr(a, f.name) for f in fields(CodecTrainConfig) if hasattr(a, f.name)}
+    train_codec(CodecTrainConfig(**{**kw, "name": a.name or f"c{a.channels}"}))
 
 
 def _train_classifier(a):
@@ -132,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_demo)
 
     t = sub.add_parser("train", help="train a network").add_subparsers(dest="what", required=True)
-    tc = t.add_parser("codec", help="train the compression network with Eq. 1")
+    tc = t.add_parser("codec", help="train the compression network with Eq. 1 (torchrun --nproc_per_node=N for DDP)")
     tc.add_argument("--data", required=True, help="folder of training images (searched recursively)")
     tc.add_argument("--out", required=True, help="run folder: checkpoints, logs, codec.safetensors")
     tc.add_argument("--channels", type=int, default=16, help="C, latent channels")
@@ -141,10 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--beta", type=float, default=500.0, help="β of Eq. 1 (MSE on 0..255)")
     tc.add_argument("--target-entropy", type=float, default=1.3, help="Ht of Eq. 1, bits per symbol")
     tc.add_argument("--lr", type=float, default=1e-3)
-    tc.add_argument("--batch-size", type=int, default=32)
+    tc.add_argument("--batch-size", type=int, default=32, help="global batch, split over DDP processes")
     tc.add_argument("--crop", type=int, default=160)
     tc.add_argument("--tile", type=int, default=224, help="images are cut into tiles of this size, crops taken from them")
     tc.add_argument("--steps", type=int, default=20000)
+    tc.add_argument("--schedule", default="step", choices=["step", "cosine"],
+                    help="step: lr x0.1 for the last 20%%; cosine: --warmup-steps, then cosine down to 1%%")
+    tc.add_argument("--warmup-steps", type=int, default=0)
+    tc.add_argument("--sigma", type=float, default=None, help="σ of Q̄'s soft assignment (default: the codec's, 1.0)")
+    tc.add_argument("--compile", action="store_true", help="torch.compile the codec (CUDA)")
+    tc.add_argument("--target-bpp", type=float, default=None, help="rescale Ht so that --bpp-probe's real bpp lands here")
+    tc.add_argument("--bpp-probe", default=None, help="images only measured for that calibration (e.g. Kodak)")
+    tc.add_argument("--calibrate-at", default="0.3,0.6", help="fractions of the steps at which Ht is rescaled")
+    tc.add_argument("--checkpoint-every-s", type=float, default=120.0)
     tc.add_argument("--max-minutes", type=float, default=None, help="stop and checkpoint after this long; rerun resumes")
     tc.add_argument("--init", default=None, help="fine-tune from this codec (bundled name or path)")
     tc.add_argument("--val-data", default=None)

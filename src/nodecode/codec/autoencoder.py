@@ -87,12 +87,13 @@ class CompressionModel(nn.Module):
 
     # -- training -------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict:
-        """Training pass: reconstruction, dequantized latent, symbols and the histogram entropy H(q) in bits."""
+        """Training pass: reconstruction, dequantized latent, symbols, the (C, L) histogram and its entropy H(q) in bits."""
         y = self.g_a(x - 0.5)
         y_hat, symbols, assign = self.quantizer(y)
         x_hat = self.g_s(y_hat.to(y.dtype)) + 0.5
-        h = entropy_bits(histogram(assign))
-        return {"x_hat": x_hat, "y_hat": y_hat, "symbols": symbols, "entropy": h,
+        probs = histogram(assign)
+        h = entropy_bits(probs)
+        return {"x_hat": x_hat, "y_hat": y_hat, "symbols": symbols, "probs": probs, "entropy": h,
                 "bpp": h * self.config.channels / DOWNSAMPLING**2}
 
     # -- inference ------------------------------------------------------------------------------------------

@@ -34,13 +34,19 @@ def load_tiles(root: str | os.PathLike, tile: int = 224, cache_dir: str | os.Pat
     return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
 
 
-def random_crops(tiles: torch.Tensor, batch: int, crop: int, generator: torch.Generator) -> torch.Tensor:
-    """A batch of random crops with random horizontal mirroring, float [0, 1], on the tiles' device."""
+def random_crops(tiles: torch.Tensor, batch: int, crop: int, generator: torch.Generator,
+                 part: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """A batch of random crops with random horizontal mirroring, float [0, 1], on the tiles' device.
+
+    `part` = (rank, world): draw the whole batch of `batch` crops, keep this rank's contiguous share of it, so that
+    data-parallel ranks with one seed see exactly the single-process batch between them."""
     n, _, h, w = tiles.shape
-    idx = torch.randint(n, (batch,), generator=generator)
-    ys = torch.randint(h - crop + 1, (batch,), generator=generator)
-    xs = torch.randint(w - crop + 1, (batch,), generator=generator)
-    flip = (torch.rand(batch, generator=generator) < 0.5).to(tiles.device)
+    rank, world = part
+    keep = slice(rank * batch // world, (rank + 1) * batch // world)
+    idx = torch.randint(n, (batch,), generator=generator)[keep]
+    ys = torch.randint(h - crop + 1, (batch,), generator=generator)[keep]
+    xs = torch.randint(w - crop + 1, (batch,), generator=generator)[keep]
+    flip = (torch.rand(batch, generator=generator) < 0.5)[keep].to(tiles.device)
     iy = (ys[:, None] + torch.arange(crop)).to(tiles.device)          # (B, crop) rows
     ix = (xs[:, None] + torch.arange(crop)).to(tiles.device)          # (B, crop) columns
     ix = torch.where(flip[:, None], ix.flip(1), ix)

@@ -1,4 +1,4 @@
-"""Training the codec alone with Eq. 1: MSE(x, x̂) + β·max(H(q) − Ht, 0) (§3.1, App. A.1)."""
+"""Training the codec alone with Eq. 1: MSE(x, x̂) + β·max(H(q) − Ht, 0) (§3.1, App. A.1), on any number of GPUs."""
 from __future__ import annotations
 
 import json
@@ -8,15 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-from nodecode.codec.autoencoder import CodecConfig, CompressionModel
-from nodecode.codec.entropy import rate_loss
+from nodecode.codec.autoencoder import DOWNSAMPLING, CodecConfig, CompressionModel
+from nodecode.codec.entropy import entropy_bits, frequency_table, rate_loss, table_bits
 from nodecode.codec.zoo import load_codec, save_codec
+from nodecode.data.images import list_images, load_image
 from nodecode.data.tiles import load_tiles, random_crops
 from nodecode.errors import NodecodeError
-from nodecode.tasks.engine import Engine, EngineConfig, checkpoint_interval
+from nodecode.tasks.engine import Engine, EngineConfig, checkpoint_interval, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
+
+FILE_OVERHEAD_BYTES = 44  # .ndc header + CRC + the last ANS word, measured on Kodak (README): part of the real bpp
 
 
 @dataclass
@@ -29,12 +33,20 @@ class CodecTrainConfig:
     beta: float = 500.0            # on MSE in 8-bit units (0..255), as the paper's β values are
     target_entropy: float = 1.3    # Ht, bits per symbol
     lr: float = 1e-3
-    batch_size: int = 32
+    batch_size: int = 32           # global batch: split evenly over the data-parallel ranks
     crop: int = 160
     tile: int = 224                # images are cut into tile x tile pieces (kept on the device); crops come from those
     steps: int = 20000
-    lr_decay_at: float = 0.8       # lr x0.1 for the last 20% of steps
+    schedule: str = "step"         # "step": lr x0.1 from lr_decay_at; "cosine": warm-up, then cosine down to 1%
+    lr_decay_at: float = 0.8
+    warmup_steps: int = 0          # linear lr warm-up (cosine schedule)
+    sigma: float | None = None     # σ of Q̄'s soft assignment; None keeps the starting codec's (1.0 from scratch)
+    compile: bool = False          # torch.compile the codec (CUDA)
+    target_bpp: float | None = None  # with bpp_probe: Ht is rescaled so that the probe's real bpp lands here
+    bpp_probe: str | None = None   # folder of images only measured (never trained on) for that calibration
+    calibrate_at: str = "0.3,0.6"  # fractions of the steps at which Ht is rescaled
     max_minutes: float | None = None
+    checkpoint_every_s: float = 120.0
     init: str | None = None        # start from a trained codec (fine-tuning; other C: every shape-matching tensor)
     rate_warmup: float = 0.05      # β ramps up linearly over this fraction of the steps (avoids an all-one-symbol collapse)
     val_data: str | None = None
@@ -42,7 +54,8 @@ class CodecTrainConfig:
     device: str | None = None
     seed: int = 0
     table_tiles: int = 4096        # tiles of the training set the frequency tables are fitted on
-    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm" (default: every 120 s)
+    progress: bool = True
+    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm" (overrides checkpoint_every_s)
 
 
 def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
@@ -50,13 +63,21 @@ def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
     return rate_distortion_loss(model(x), x, beta, target_entropy)
 
 
-def rate_distortion_loss(out: dict, x: torch.Tensor, beta: float, target_entropy: float):
-    """Eq. 1 of a codec forward pass `out` on x in [0, 1]: MSE (0..255 scale) + β·max(H − Ht, 0); (loss, logs)."""
+def rate_distortion_loss(out: dict, x: torch.Tensor, beta: float, target_entropy: float, world: int = 1):
+    """Eq. 1 of a codec forward pass `out` on x in [0, 1]: MSE (0..255 scale) + β·max(H − Ht, 0); (loss, logs).
+
+    With world > 1 (DDP) H is the entropy of the histogram over all ranks' batches (a differentiable all-reduce),
+    so N ranks compute exactly the loss of one process on their joint batch."""
     mse = F.mse_loss(out["x_hat"].float(), x) * 255.0**2
-    h = out["entropy"]
+    if world > 1:
+        from torch.distributed.nn.functional import all_reduce
+        h = entropy_bits(all_reduce(out["probs"].float()) / world)
+    else:
+        h = out["entropy"]
     loss = mse + rate_loss(h, target_entropy, beta)
+    c = out["probs"].shape[0]
     return loss, {"mse": mse.detach(), "psnr": 10 * torch.log10(255.0**2 / mse.detach().clamp_min(1e-10)),
-                  "entropy": h.detach(), "bpp": out["bpp"].detach()}
+                  "entropy": h.detach(), "bpp": h.detach() * c / DOWNSAMPLING**2}
 
 
 @torch.no_grad()
@@ -83,52 +104,138 @@ def validate(model: CompressionModel, tiles: torch.Tensor) -> dict:
             "bpp": h * model.config.channels / 64}
 
 
-def train_codec(cfg: CodecTrainConfig) -> Path:
-    """Train (or resume, or fine-tune) one operating point; writes out/codec.safetensors and out/summary.json."""
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    tiles = load_tiles(cfg.data, tile=cfg.tile, cache_dir=cfg.cache_dir).to(device)
-    if len(tiles) == 0 or cfg.crop > cfg.tile:
-        raise NodecodeError(f"no training tiles: need images of at least {cfg.tile}x{cfg.tile} and --crop <= --tile")
-    val = load_tiles(cfg.val_data, tile=cfg.tile, cache_dir=cfg.cache_dir, limit=256).to(device) if cfg.val_data else tiles[:64]
+@torch.no_grad()
+def probe_bpp(model: CompressionModel, images: list[torch.Tensor], table_tiles: torch.Tensor) -> float:
+    """Mean real .ndc bpp of uint8 images (3, H, W) under tables fitted on training tiles (ideal code + header)."""
+    freqs = frequency_table(symbol_counts(model, table_tiles))
+    bpp = []
+    for img in images:
+        z = model.encode_symbols(img[None].float().div(255.0))[0].cpu().numpy()
+        bpp.append((table_bits(freqs, z) + 8 * FILE_OVERHEAD_BYTES) / (img.shape[1] * img.shape[2]))
+    return float(np.mean(bpp))
+
+
+def lr_factor(cfg: CodecTrainConfig, step: int) -> float:
+    """The learning-rate multiplier at `step` of the configured schedule."""
+    if cfg.schedule == "step":
+        return 0.1 if step >= cfg.lr_decay_at * cfg.steps else 1.0
+    if cfg.schedule == "cosine":
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    raise NodecodeError(f"unknown schedule '{cfg.schedule}' (step or cosine)")
+
+
+def build_model(cfg: CodecTrainConfig, device) -> CompressionModel:
+    """A fresh codec of the configured point, or one started from `init` (every shape-matching tensor)."""
     model = CompressionModel(CodecConfig(cfg.name, cfg.channels, cfg.num_centers)).to(device)
     if cfg.init:
-        src = load_codec(cfg.init, device).state_dict()
-        own = model.state_dict()
+        src_codec = load_codec(cfg.init, device)
+        src, own = src_codec.state_dict(), model.state_dict()
         model.load_state_dict({k: (src[k] if k in src and src[k].shape == v.shape else v) for k, v in own.items()})
+        model.quantizer.sigma = model.config.sigma = src_codec.config.sigma
+    if cfg.sigma is not None:
+        model.quantizer.sigma = model.config.sigma = cfg.sigma
     model.config.beta, model.config.target_entropy = cfg.beta, cfg.target_entropy
+    return model
+
+
+def codec_step(cfg: CodecTrainConfig, tiles: torch.Tensor, rank: int = 0, world: int = 1, ht: dict | None = None):
+    """(batch_fn, step_fn) of Eq. 1 training: this rank's share of the global batch, β ramped in over rate_warmup."""
+    warmup = max(1, int(cfg.rate_warmup * cfg.steps))
+    ht = ht if ht is not None else {"value": cfg.target_entropy}
+    cuda = tiles.device.type == "cuda"
+
+    def batch_fn(step, gen):
+        x = random_crops(tiles, cfg.batch_size, cfg.crop, gen, part=(rank, world))
+        return (x.contiguous(memory_format=torch.channels_last) if cuda else x), step
+
+    def step_fn(net, batch):
+        x, step = batch
+        return rate_distortion_loss(net(x), x, cfg.beta * min(1.0, (step + 1) / warmup), ht["value"], world)
+
+    return batch_fn, step_fn
+
+
+def _load_training_tiles(cfg: CodecTrainConfig, device, rank: int, world: int) -> torch.Tensor:
+    """The uint8 training tiles on this rank's device (rank 0 builds the cache first)."""
+    if world > 1 and rank != 0:
+        dist.barrier()
+    tiles = load_tiles(cfg.data, tile=cfg.tile, cache_dir=cfg.cache_dir)
+    if world > 1 and rank == 0:
+        dist.barrier()
+    if len(tiles) == 0 or cfg.crop > cfg.tile:
+        raise NodecodeError(f"no training tiles: need images of at least {cfg.tile}x{cfg.tile} and --crop <= --tile")
+    return tiles.to(device)
+
+
+def train_codec(cfg: CodecTrainConfig) -> Path:
+    """Train (or resume, or fine-tune) one operating point; writes out/codec.safetensors and out/summary.json.
+
+    Under torchrun every process takes an equal share of the global batch (DDP, NCCL on CUDA, gloo on CPU)."""
+    rank, world, ddp_device = init_distributed()
+    device = ddp_device or pick_device(cfg.device)
+    if cfg.batch_size % world:
+        raise NodecodeError(f"--batch-size {cfg.batch_size} does not split over {world} processes")
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    tiles = _load_training_tiles(cfg, device, rank, world)
+    val = load_tiles(cfg.val_data, tile=cfg.tile, cache_dir=cfg.cache_dir, limit=256).to(device) if cfg.val_data else tiles[:64]
+    model = build_model(cfg, device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, max_minutes=cfg.max_minutes,
-                                                   **checkpoint_interval(cfg.checkpoint_every, 120)),
-                    lr_at=lambda s: 0.1 if s >= cfg.lr_decay_at * cfg.steps else 1.0, meta={"config": asdict(cfg)})
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 * engine.step)  # a fresh stream per resume
+                                                   compile=cfg.compile, progress=cfg.progress,
+                                                   **checkpoint_interval(cfg.checkpoint_every, cfg.checkpoint_every_s)),
+                    lr_at=lambda s: lr_factor(cfg, s), meta={"config": asdict(cfg)})
+    ht = {"value": float(engine.resumed_meta.get("target_entropy_now", cfg.target_entropy))}
+    engine.meta["target_entropy_now"] = ht["value"]
+    gen = torch.Generator().manual_seed(cfg.seed + 1000 * engine.step)  # a fresh stream per resume, the same on every rank
+    batch_fn, step_fn = codec_step(cfg, tiles, rank, world, ht)
+    eval_every = max(cfg.steps // 20, 1)
+    calib = {max(eval_every, round(float(f) * cfg.steps / eval_every) * eval_every)
+             for f in cfg.calibrate_at.split(",") if f} if cfg.bpp_probe and cfg.target_bpp else set()
+    probe = [torch.from_numpy(load_image(f)).permute(2, 0, 1).to(device) for f in list_images(cfg.bpp_probe)] if calib else []
 
-    warmup = max(1, int(cfg.rate_warmup * cfg.steps))
+    def eval_fn(m, step):
+        logs = validate(m, val)
+        if step in calib:
+            est = probe_bpp(m, probe, tiles[: min(len(tiles), 1024)])
+            new = float(np.clip(ht["value"] * cfg.target_bpp / est, 0.05, math.log2(cfg.num_centers) - 0.05))
+            if world > 1:  # rank 0's measurement decides, so every rank trains with one Ht
+                t = torch.tensor([new, est], dtype=torch.float64, device=device)
+                dist.broadcast(t, 0)
+                new, est = float(t[0]), float(t[1])
+            logs.update(probe_bpp=est, target_entropy_from=ht["value"], target_entropy=new)
+            ht["value"] = engine.meta["target_entropy_now"] = new
+        return logs
 
-    def batch_fn(step):
-        x = random_crops(tiles, cfg.batch_size, cfg.crop, gen)
-        return (x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x), step
-
-    def step_fn(net, batch):
-        x, step = batch
-        return codec_loss(net, x, cfg.beta * min(1.0, (step + 1) / warmup), cfg.target_entropy)
-
-    done = engine.fit(batch_fn, step_fn, eval_fn=lambda m, s: validate(m, val), eval_every=max(cfg.steps // 10, 1))
+    done = engine.fit(lambda s: batch_fn(s, gen), step_fn, eval_fn=eval_fn, eval_every=eval_every)
     if not done:
-        print(f"stopped at step {engine.step}/{cfg.steps} (time budget); run the same command again to resume")
+        if is_main_process():
+            print(f"stopped at step {engine.step}/{cfg.steps} (time budget); run the same command again to resume")
         return out
+    if is_main_process():
+        _export(cfg, model, tiles, val, engine.step, ht["value"], world, out)
+    if world > 1:
+        dist.barrier()
+    return out
+
+
+def _export(cfg, model: CompressionModel, tiles, val, steps: int, ht: float, world: int, out: Path) -> None:
+    """Round to the bundled fp16, fit the tables to exactly that model, save codec.safetensors and summary.json."""
     model = model.eval().to(memory_format=torch.contiguous_format)
-    with torch.no_grad():  # round to the fp16 that is bundled, then fit the tables to exactly that model
+    model.config.target_entropy = ht
+    with torch.no_grad():
         for p in model.parameters():
             p.copy_(p.half().float())
     sub = tiles[torch.randperm(len(tiles), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.table_tiles]]
     model.set_tables_from_counts(symbol_counts(model, sub))
     save_codec(model, out / "codec.safetensors", half=True)
-    summary = {"config": asdict(cfg), "steps": engine.step, "val": validate(model, val), **provenance()}
+    summary = {"config": asdict(cfg), "steps": steps, "target_entropy_final": ht, "processes": world,
+               "pixel_samples": steps * cfg.batch_size * cfg.crop**2, "val": validate(model, val), **provenance()}
     write_json(out / "summary.json", summary)
     print(json.dumps(summary["val"]))
-    return out

@@ -29,6 +29,7 @@ class EngineConfig:
     amp: bool = True                      # bf16 autocast on CUDA
     clip_grad: float | None = None
     progress: bool = True
+    compile: bool = False                 # torch.compile the (DDP-wrapped) network
 
 
 def checkpoint_interval(text: str | int | None, default_s: float) -> dict:
@@ -104,11 +105,14 @@ class Engine:
         self.ddp = dist.is_available() and dist.is_initialized()
         self.net = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
                     if self.ddp else model)
+        if cfg.compile:
+            self.net = torch.compile(self.net)
         self._tb = None
+        self.resumed_meta: dict = {}           # the meta of the checkpoint this run resumed from
         if is_main_process():
             remove_stale_temporaries(self.out)      # a kill during a write leaves its temporary behind
         if self.ckpt.exists():
-            state = load_checkpoint(self.ckpt, model, optimizer)
+            state = self.resumed_meta = load_checkpoint(self.ckpt, model, optimizer)
             self.step = int(state.get("step", 0))
             self.base_lrs = state.get("base_lrs", self.base_lrs)
         if is_main_process():
