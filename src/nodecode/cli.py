@@ -18,7 +18,7 @@ def _train_classifier(a):
     train_classifier(ClassifierTrainConfig(
         data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, width=a.width, epochs=a.epochs,
         batch_size=a.batch_size, base_lr=a.lr, webp_bpp=a.webp_bpp, max_per_class=a.max_per_class,
-        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes, init=a.init))
+        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes, init=a.init, checkpoint_every=a.checkpoint_every))
 
 
 def _train_joint(a):
@@ -27,7 +27,7 @@ def _train_joint(a):
         data=a.data, out=a.out, codec=a.codec, classifier=None if a.codec_only else a.classifier, gamma=a.gamma,
         beta=a.beta, target_entropy=a.target_entropy, epochs=a.epochs, batch_size=a.batch_size, base_lr=a.lr,
         image_size=a.image_size, max_per_class=a.max_per_class, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
-        max_minutes=a.max_minutes))
+        max_minutes=a.max_minutes, checkpoint_every=a.checkpoint_every))
 
 
 def _eval_classifier(a):
@@ -41,7 +41,7 @@ def _train_segmenter(a):
     train_segmenter(SegmenterTrainConfig(
         data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, init=a.init, width=a.width,
         iters=a.iters, batch_size=a.batch_size, limit=a.limit, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
-        max_minutes=a.max_minutes))
+        max_minutes=a.max_minutes, checkpoint_every=a.checkpoint_every))
 
 
 def _eval_segmenter(a):
@@ -123,6 +123,8 @@ def _demo(a):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nodecode", description="Image understanding from learned compressed representations.")
+    p.add_argument("--max-pixels", type=int, default=None,
+                   help="largest image (input or claimed by a .ndc header) in pixels; default 2^25 or $NODECODE_MAX_PIXELS")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="compress images at c8/c16/c32 and compare with JPEG (the main job)")
@@ -164,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--cache-dir", default=None, help="cache decoded training tiles here")
     tc.add_argument("--device", default=None)
     tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--checkpoint-every", default=None, help="checkpoint every N steps, or every Ns / Nm (default: by time)")
     tc.set_defaults(fn=_train_codec)
 
     tk = t.add_parser("classifier", help="train a (c)ResNet on rgb, decoded, latent or webp inputs (§4.4, App. A.4)")
@@ -183,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--max-minutes", type=float, default=None)
     tk.add_argument("--device", default=None)
     tk.add_argument("--seed", type=int, default=0)
+    tk.add_argument("--checkpoint-every", default=None, help="checkpoint every N steps, or every Ns / Nm (default: by time)")
     tk.set_defaults(fn=_train_classifier)
 
     tj = t.add_parser("joint", help="fine-tune codec and cResNet jointly with Eq. 2 (§6, App. A.8)")
@@ -204,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--max-minutes", type=float, default=None)
     tj.add_argument("--device", default=None)
     tj.add_argument("--seed", type=int, default=0)
+    tj.add_argument("--checkpoint-every", default=None, help="checkpoint every N steps, or every Ns / Nm (default: by time)")
     tj.set_defaults(fn=_train_joint)
 
     ts = t.add_parser("segmenter", help="train a -d network with ASPP on CamVid-layout data (§5, App. A.5)")
@@ -221,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--max-minutes", type=float, default=None)
     ts.add_argument("--device", default=None)
     ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--checkpoint-every", default=None, help="checkpoint every N steps, or every Ns / Nm (default: by time)")
     ts.set_defaults(fn=_train_segmenter)
 
     ev = sub.add_parser("eval", help="evaluate a trained network").add_subparsers(dest="what", required=True)
@@ -327,19 +333,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from nodecode.errors import NodecodeError
+    from nodecode.errors import NodecodeError, one_line
     args = build_parser().parse_args(argv)
     try:
+        from nodecode.limits import set_max_pixels
+        set_max_pixels(args.max_pixels)
+        if getattr(args, "checkpoint_every", None) is not None:    # refused before any data is read
+            from nodecode.tasks.engine import checkpoint_interval
+            checkpoint_interval(args.checkpoint_every, 0)
         args.fn(args)
-    except NodecodeError as e:
-        print(f"nodecode: error: {e}", file=sys.stderr)
-        return 2
-    except (OSError, MemoryError) as e:
-        print(f"nodecode: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("nodecode: interrupted", file=sys.stderr)
         return 130
+    except (NodecodeError, OSError, MemoryError, RuntimeError) as e:   # torch's out-of-memory is a RuntimeError
+        print(f"nodecode: error: {one_line(e)}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,6 +1,7 @@
 """The .ndc file: header, ANS-coded symbols under per-channel integer tables, CRC-32. No torch in here."""
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -8,11 +9,13 @@ from dataclasses import dataclass
 import constriction
 import numpy as np
 
-from nodecode.errors import NodecodeError
+from nodecode.errors import NodecodeError, safe_text
+from nodecode.limits import check_pixels
 
 MAGIC = b"NDC\x1a"
 VERSION = 1
-MAX_PIXELS = 1 << 28          # a header claiming more is refused before anything is allocated
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")   # what a model name in a header may be
+SLACK_BITS = 128              # ANS state and rounding: a real file never holds fewer bits than its symbols' minimum
 DOWNSAMPLING = 8
 _FIXED = struct.Struct("<4sBB")          # magic, version, name length
 _DIMS = struct.Struct("<8sIIHHHBI")     # fingerprint, H, W, C, h, w, L, number of 32-bit words
@@ -45,29 +48,44 @@ def encode_symbols(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     return coder.get_compressed()
 
 
+def min_bits(freqs: np.ndarray, positions: int) -> float:
+    """A lower bound on the bits any encoding of `positions` latent positions needs: every symbol of channel c costs
+    at least -log2(max_l p_cl). A header claiming more symbols than its words can hold is refused before decoding."""
+    f = np.asarray(freqs, dtype=np.float64)
+    return positions * float(-np.log2(f.max(1) / f.sum(1)).sum())
+
+
+def _is_constriction_error(e: BaseException) -> bool:
+    """constriction reports bad data as ValueError, or as a Rust panic (pyo3's PanicException, a BaseException)."""
+    return isinstance(e, (ValueError, RuntimeError, OverflowError)) or type(e).__name__ == "PanicException"
+
+
 def decode_symbols(words: np.ndarray, freqs: np.ndarray, shape: tuple) -> np.ndarray:
     c, h, w = shape
     if c != len(freqs):
         raise NodecodeError(f"latent has {c} channels but the model has {len(freqs)}")
-    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
-    models = _models(freqs)
-    out = np.empty((c, h * w), dtype=np.int32)
+    if min_bits(freqs, h * w) > 32 * len(words) + SLACK_BITS:
+        raise NodecodeError(f"corrupted .ndc file: {len(words)} words cannot hold {c}x{h}x{w} symbols")
     try:
+        coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+        models = _models(freqs)
+        out = np.empty((c, h * w), dtype=np.int32)
         for i in range(c):
             out[i] = coder.decode(models[i], h * w)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as e:  # noqa: BLE001 - constriction raises a Rust panic (a BaseException) on bad data
+        left = not coder.is_empty()
+    except BaseException as e:  # noqa: BLE001 - re-raised unless it is one of constriction's (see above)
+        if not _is_constriction_error(e):
+            raise
         raise NodecodeError(f"corrupted .ndc file: entropy decoding failed ({type(e).__name__})") from None
-    if not coder.is_empty():
+    if left:
         raise NodecodeError("corrupted .ndc file: data left over after the last symbol")
     return out.reshape(c, h, w)
 
 
 def pack(header: Header, words: np.ndarray) -> bytes:
+    if not NAME.fullmatch(header.model):
+        raise ValueError(f"model name {header.model!r} is not 1-64 characters of [A-Za-z0-9._+-]")
     name = header.model.encode("ascii")
-    if len(name) > 64:
-        raise ValueError("model name longer than 64 characters")
     c, h, w = header.latent_shape
     body = (_FIXED.pack(MAGIC, VERSION, len(name)) + name
             + _DIMS.pack(header.fingerprint, header.height, header.width, c, h, w, header.num_centers, len(words))
@@ -94,22 +112,22 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     (crc,) = _CRC.unpack_from(data, len(data) - _CRC.size)
     if zlib.crc32(data[: -_CRC.size]) != crc:
         raise NodecodeError("corrupted .ndc file (checksum mismatch)")
-    if height == 0 or width == 0 or height * width > MAX_PIXELS:
-        raise NodecodeError(f".ndc header claims an image of {width}x{height} pixels, which is refused")
+    raw = data[_FIXED.size: _FIXED.size + nlen]
+    name = raw.decode("latin-1")
+    if not NAME.fullmatch(name):
+        raise NodecodeError(f"corrupted .ndc header: invalid model name '{safe_text(name)}'")
+    check_pixels(width, height, "the image this .ndc header claims")
     if (h, w) != (-(-height // DOWNSAMPLING), -(-width // DOWNSAMPLING)) or c == 0:
         raise NodecodeError("corrupted .ndc header: latent shape does not match the image size")
-    try:
-        name = data[_FIXED.size: _FIXED.size + nlen].decode("ascii")
-    except UnicodeDecodeError:
-        raise NodecodeError("corrupted .ndc header: model name is not ASCII") from None
     words = np.frombuffer(data, dtype="<u4", count=nwords, offset=off).astype(np.uint32)
     return Header(name, fp, height, width, (c, h, w), ncent), words
 
 
 def check_model(header: Header, name: str, fingerprint: bytes, num_centers: int) -> None:
-    if header.fingerprint != fingerprint or header.num_centers != num_centers:
-        raise NodecodeError(f"this file was written by model '{header.model}' ({header.fingerprint.hex()}), "
-                            f"not by the loaded model '{name}' ({fingerprint.hex()})")
+    """The one check that a header (already validated by unpack) belongs to the loaded model: name, weights, L."""
+    if header.model != name or header.fingerprint != fingerprint or header.num_centers != num_centers:
+        raise NodecodeError(f"this file was written by model '{safe_text(header.model)}' ({header.fingerprint.hex()}), "
+                            f"not by the loaded model '{safe_text(name)}' ({fingerprint.hex()})")
 
 
 def read_header(data: bytes) -> Header:

@@ -2,36 +2,62 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from nodecode.errors import NodecodeError
+from nodecode.errors import NodecodeError, one_line
+from nodecode.limits import check_pixels, max_pixels
 from nodecode.utils import atomic_path
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
-MAX_PIXELS = 1 << 28  # 268 M pixels: more is refused rather than allocated
+
+
+def _rgb(im: Image.Image) -> np.ndarray:
+    """Any Pillow mode -> RGB uint8: 16-bit and 32-bit integer greys scaled (not clipped), the first frame only."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode != "I" or a.max(initial=0) > 255 else 255.0
+        g = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    if im.mode == "F":
+        g = np.clip(np.round(np.nan_to_num(np.asarray(im, dtype=np.float64))), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Read an image file as an RGB uint8 array (H, W, 3); a one-line NodecodeError on anything else."""
+    """Read an image file as an RGB uint8 array (H, W, 3); a one-line NodecodeError on anything else.
+
+    The size is checked against the pixel limit (nodecode.limits) before any pixel is decoded; Pillow's
+    decompression-bomb warning is an error; any mode (16-bit, CMYK, palette, alpha, animated: first frame) works."""
     path = Path(path)
     if not path.exists():
         raise NodecodeError(f"no such file: {path}")
     if path.is_dir():
         raise NodecodeError(f"is a directory, not an image: {path}")
+    Image.MAX_IMAGE_PIXELS = max_pixels()        # Pillow's bomb check follows nodecode's limit (and --max-pixels)
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise NodecodeError(f"image too large ({im.width}x{im.height}): {path}")
-            im.load()
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)   # e.g. palette transparency notes: not the user's concern
+            with Image.open(path) as im:
+                check_pixels(im.width, im.height, f"image {path}")
+                im.seek(0)
+                im.load()
+                return _rgb(im)
     except NodecodeError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise NodecodeError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise NodecodeError(f"image {path} is over the limit of {max_pixels()} pixels: refused "
+                            f"(raise it with nodecode --max-pixels N or NODECODE_MAX_PIXELS)") from None
+    except MemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Pillow parses hostile bytes: whatever it raises means "unreadable"
+        raise NodecodeError(f"cannot read image {path}: {one_line(e)}") from None
 
 
 def to_tensor(img: np.ndarray) -> torch.Tensor:

@@ -38,6 +38,26 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
         save_file(tensors, str(tmp), metadata={"nodecode": json.dumps(info)})
 
 
+def resume_log(path: str | Path, step: int) -> None:
+    """Cut log.jsonl back to what the checkpoint at `step` had seen (lines past it, and a line torn by a kill, go:
+    the resumed run writes them again) and, when resuming, mark where it resumed ({"split": "resume"})."""
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+            keep.append(line)
+    if step > 0:
+        keep.append(json.dumps({"step": step, "split": "resume"}))
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+
+
 def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     restore_rng: bool = True) -> dict:
     """Restore what save_checkpoint wrote; returns its `meta`."""

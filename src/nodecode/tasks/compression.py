@@ -17,7 +17,7 @@ from nodecode.codec.zoo import load_codec, save_codec
 from nodecode.data.images import list_images, load_image
 from nodecode.data.tiles import load_tiles, random_crops
 from nodecode.errors import NodecodeError
-from nodecode.tasks.engine import Engine, EngineConfig, init_distributed, is_main_process
+from nodecode.tasks.engine import Engine, EngineConfig, checkpoint_interval, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
 
 FILE_OVERHEAD_BYTES = 44  # .ndc header + CRC + the last ANS word, measured on Kodak (README): part of the real bpp
@@ -55,6 +55,7 @@ class CodecTrainConfig:
     seed: int = 0
     table_tiles: int = 4096        # tiles of the training set the frequency tables are fitted on
     progress: bool = True
+    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm" (overrides checkpoint_every_s)
 
 
 def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
@@ -187,8 +188,9 @@ def train_codec(cfg: CodecTrainConfig) -> Path:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, checkpoint_every_s=cfg.checkpoint_every_s,
-                                                   max_minutes=cfg.max_minutes, compile=cfg.compile, progress=cfg.progress),
+    engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, max_minutes=cfg.max_minutes,
+                                                   compile=cfg.compile, progress=cfg.progress,
+                                                   **checkpoint_interval(cfg.checkpoint_every, cfg.checkpoint_every_s)),
                     lr_at=lambda s: lr_factor(cfg, s), meta={"config": asdict(cfg)})
     ht = {"value": float(engine.resumed_meta.get("target_entropy_now", cfg.target_entropy))}
     engine.meta["target_entropy_now"] = ht["value"]

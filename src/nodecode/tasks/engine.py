@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from nodecode.tasks.checkpoint import load_checkpoint, save_checkpoint
+from nodecode.tasks.checkpoint import load_checkpoint, resume_log, save_checkpoint
+from nodecode.utils import remove_stale_temporaries
 
 
 @dataclass
@@ -23,11 +24,29 @@ class EngineConfig:
     total_steps: int
     log_every: int = 50
     checkpoint_every_s: float = 300.0
+    checkpoint_every_steps: int | None = None   # if set, checkpoint every this many steps instead of by time
     max_minutes: float | None = None      # stop (and checkpoint) after this much wall time; rerun to resume
     amp: bool = True                      # bf16 autocast on CUDA
     clip_grad: float | None = None
     progress: bool = True
     compile: bool = False                 # torch.compile the (DDP-wrapped) network
+
+
+def checkpoint_interval(text: str | int | None, default_s: float) -> dict:
+    """EngineConfig fields of a --checkpoint-every value: "500" (steps), "90s", "5m", "1h" (time); None: default_s."""
+    from nodecode.errors import NodecodeError
+    if text is None:
+        return {"checkpoint_every_s": default_s, "checkpoint_every_steps": None}
+    t = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(t[-1:]) if t else None
+    try:
+        v = float(t[:-1]) if scale else int(t)
+    except ValueError:
+        v = -1
+    if not v > 0:
+        raise NodecodeError(f"--checkpoint-every takes a positive number of steps or seconds (90s, 5m), not {str(text)[:40]!r}")
+    return ({"checkpoint_every_s": v * scale, "checkpoint_every_steps": None} if scale
+            else {"checkpoint_every_s": math.inf, "checkpoint_every_steps": int(v)})
 
 
 @dataclass(kw_only=True)
@@ -40,11 +59,16 @@ class RunOptions:
     log_every: int = 50
     amp: bool = True                   # bf16 autocast on CUDA
     progress: bool = True
+    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm"/"Nh"; None: the task's default interval
 
     def engine_config(self, out, total_steps: int, **kw) -> EngineConfig:
-        """The engine's settings for this run; `kw` overrides (e.g. a shorter log_every, checkpoint_every_s)."""
+        """The engine's settings for this run; `kw` overrides (e.g. a shorter log_every, the task's default
+        checkpoint_every_s), and an explicit checkpoint_every overrides that."""
         base = dict(log_every=self.log_every, max_minutes=self.max_minutes, amp=self.amp, progress=self.progress)
-        return EngineConfig(str(out), total_steps, **{**base, **kw})
+        merged = {**base, **kw}
+        if self.checkpoint_every is not None:
+            merged.update(checkpoint_interval(self.checkpoint_every, 0.0))
+        return EngineConfig(str(out), total_steps, **merged)
 
 
 def is_main_process() -> bool:
@@ -85,10 +109,14 @@ class Engine:
             self.net = torch.compile(self.net)
         self._tb = None
         self.resumed_meta: dict = {}           # the meta of the checkpoint this run resumed from
+        if is_main_process():
+            remove_stale_temporaries(self.out)      # a kill during a write leaves its temporary behind
         if self.ckpt.exists():
             state = self.resumed_meta = load_checkpoint(self.ckpt, model, optimizer)
             self.step = int(state.get("step", 0))
             self.base_lrs = state.get("base_lrs", self.base_lrs)
+        if is_main_process():
+            resume_log(self.out / "log.jsonl", self.step)   # lines past the checkpoint are redone, not repeated
 
     # -- logging -------------------------------------------------------------------------------------------
     def log(self, logs: dict, prefix: str = "train") -> None:
@@ -122,6 +150,13 @@ class Engine:
 
     def _decide(self, t0: float, last_ckpt: float) -> tuple[bool, bool]:
         """(out of time, checkpoint due); under DDP agreed by all ranks at log boundaries only."""
+        if self.cfg.checkpoint_every_steps:
+            due_steps = self.step % self.cfg.checkpoint_every_steps == 0
+            out_of_time, due_time = self._decide_time(t0, last_ckpt)
+            return out_of_time, due_steps or due_time
+        return self._decide_time(t0, last_ckpt)
+
+    def _decide_time(self, t0: float, last_ckpt: float) -> tuple[bool, bool]:
         now = time.time()
         if not self.ddp:
             return (self.cfg.max_minutes is not None and now - t0 > self.cfg.max_minutes * 60,

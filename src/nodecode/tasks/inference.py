@@ -23,6 +23,7 @@ from nodecode.data.folders import prepare_image
 from nodecode.data.latents import exact_fp32
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
+from nodecode.limits import check_aspect
 from nodecode.tasks.classification import bundled_classifier, load_pretrained
 
 
@@ -92,7 +93,9 @@ def _input(path: Path, f: NdcFile | None, reader: Reader) -> tuple[torch.Tensor,
         if kind == "latent":
             return reader.symbols(f), "ndc-symbols"
         return reader.pixels(f), "ndc-decoded"
-    img = torch.from_numpy(prepare_image(load_image(path))).permute(2, 0, 1)[None].contiguous()
+    img = load_image(path)
+    check_aspect(img.shape[1], img.shape[0], f"image {path}")
+    img = torch.from_numpy(prepare_image(img)).permute(2, 0, 1)[None].contiguous()
     if kind in ("rgb", "webp"):
         return img, "image"
     return reader.encode(img), "image-encoded" if kind == "latent" else "image-decoded"
@@ -151,7 +154,7 @@ def segment_file(path: str | os.PathLike, output: str | os.PathLike, overlay: st
     """
     import numpy as np
     from nodecode.tasks.segmentation import predict
-    from nodecode.utils import atomic_path
+    from nodecode.utils import atomic_outputs
     for out in (output, overlay):
         if out is not None and Path(out).suffix.lower() != ".png":
             raise NodecodeError(f"mask and overlay are written as PNG: {out} should end in .png")
@@ -170,13 +173,13 @@ def segment_file(path: str | os.PathLike, output: str | os.PathLike, overlay: st
         if kind != "rgb":
             x, how = reader.encode(img), "image-encoded"
     mask = predict(net, reader.pipeline()(x.to(reader.dev)), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
-    with atomic_path(output, ".png") as tmp:
+    with atomic_outputs(output, overlay, suffix=".png") as (tmp, tmp_overlay):   # both written, or neither
         mask_image(mask).save(tmp, format="PNG")
-    if overlay:
-        rgb = (reader.pixels(f) if f is not None else img)[0].cpu()
-        blend = (0.5 * rgb.permute(1, 2, 0).numpy() + 0.5 * np.asarray(mask_image(mask).convert("RGB"))).astype(np.uint8)
-        from nodecode.data.images import save_image
-        save_image(blend, overlay)
+        if overlay:
+            rgb = (reader.pixels(f) if f is not None else img)[0].cpu()
+            blend = (0.5 * rgb.permute(1, 2, 0).numpy() + 0.5 * np.asarray(mask_image(mask).convert("RGB"))).astype(np.uint8)
+            from PIL import Image
+            Image.fromarray(blend).save(tmp_overlay, format="PNG")
     counts = np.bincount(mask.ravel(), minlength=len(cfg.class_names))
     return {"path": str(path), "read": how, "mask": str(output), "height": size[0], "width": size[1],
             "classes": {cfg.class_names[i]: float(c) / mask.size for i, c in enumerate(counts) if c}}
