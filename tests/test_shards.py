@@ -20,7 +20,7 @@ CLASSES = ["n01440764", "n03028079"]
 @pytest.fixture(scope="module")
 def ndc_dir(tmp_path_factory):
     """<class>/<name>.ndc: three real Imagenette val images per class, compressed with the bundled c8 codec."""
-    from nodecode.data.classification import prepare_image
+    from nodecode.data.folders import prepare_image
     from nodecode.data.images import load_image, to_tensor
     if not IMAGENETTE.exists():
         pytest.skip("no Imagenette")

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
-from nodecode.data.classification import exact_fp32
+from nodecode.data.latents import exact_fp32
 from nodecode.errors import NodecodeError
 
 NDC_MAGIC = b"NDC\x1a"

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from nodecode.archive.store import Archive
-from nodecode.data.classification import exact_fp32
+from nodecode.data.latents import exact_fp32
 from nodecode.data.images import to_uint8
 from nodecode.errors import NodecodeError
 

@@ -31,14 +31,14 @@ WNID = re.compile(r"^n\d{8}$")   # a class id (ImageNet WordNet id) rather than 
 
 def init_archive(path: str | os.PathLike, db: str | None = None, codec: str = "c8") -> Path:
     """Create ARCHIVE (or adopt an empty/our own folder) and the database schema."""
-    from nodecode.codec.zoo import BUNDLED
+    from nodecode.codec.zoo import list_codecs
     root = Path(path)
     if (root / CONFIG).exists():
         raise NodecodeError(f"{root} is already an archive")
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise NodecodeError(f"{root} exists and is not an empty folder")
-    if codec not in BUNDLED:
-        raise NodecodeError(f"unknown codec '{codec}' (bundled: {', '.join(BUNDLED)})")
+    if codec not in list_codecs():
+        raise NodecodeError(f"unknown codec '{codec}' (bundled: {', '.join(list_codecs())})")
     if db is not None and not is_postgres(db):
         raise NodecodeError(f"--db takes a postgresql:// URL (the default is SQLite inside the archive), not {db!r}")
     (root / "objects").mkdir(parents=True, exist_ok=True)
