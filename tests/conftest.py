@@ -51,3 +51,24 @@ def small_codec():
     counts = torch.nn.functional.one_hot(z, 6).sum(dim=(0, 2, 3)).numpy()
     model.set_tables_from_counts(counts)
     return model
+
+
+def _ddp_worker(rank, world, port, train, cfg):
+    import torch.distributed as dist
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        train(cfg)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_ddp(train, cfg, world: int = 2) -> None:
+    """train(cfg) in `world` gloo processes on this machine (torchrun's environment, a free local port)."""
+    import socket
+    import torch.multiprocessing as mp
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(world, port, train, cfg), nprocs=world)

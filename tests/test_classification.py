@@ -1,7 +1,6 @@
 """Classification (§4, App. A.4): inputs equal real .ndc symbols, augmentation, resume, DDP, top-k, inference."""
 import json
-import socket
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,7 +19,7 @@ from nodecode.tasks.classification import (ClassifierTrainConfig, evaluate_class
                                            save_classifier, train_classifier)
 from nodecode.tasks.inference import classify_files
 
-from conftest import IMAGENETTE, imagenette_subset, needs
+from conftest import IMAGENETTE, imagenette_subset, needs, run_ddp
 
 pytestmark = needs(IMAGENETTE)
 CLASSES = ["n01440764", "n02102040", "n02979186"]   # tench, English springer, cassette player
@@ -173,26 +172,10 @@ def test_train_resume_continues_and_topk_is_right(folder, cache, tmp_path):
     assert (res["top1"], res["top5"]) == (pytest.approx(2 / 6), 1.0)
 
 
-def _ddp_worker(rank, world, port, cfg):
-    import os
-    import torch.distributed as dist
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        train_classifier(ClassifierTrainConfig(**cfg))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_process_ddp_matches_one_process(folder, cache, tmp_path):
     """gloo DDP, 2 x 2 images, gives the weights of one process on batch 4 with BatchNorm over groups of 2."""
-    import torch.multiprocessing as mp
     train_classifier(small_cfg(folder, cache, tmp_path / "one", bn_batch=2))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, port, asdict(small_cfg(folder, cache, tmp_path / "ddp"))), nprocs=2)
+    run_ddp(train_classifier, small_cfg(folder, cache, tmp_path / "ddp"))
     one, ddp = (load_file(str(tmp_path / d / "classifier.safetensors")) for d in ("one", "ddp"))
     model, _ = load_classifier(tmp_path / "one")
     params = [k for k, _ in model.named_parameters()]                     # BN running stats differ by design

@@ -11,7 +11,7 @@ from nodecode.codec.zoo import load_codec
 from nodecode.tasks.compression import CodecTrainConfig, codec_loss, train_codec
 from nodecode.tasks.engine import Engine, EngineConfig
 
-from conftest import IMAGENETTE, needs
+from conftest import IMAGENETTE, needs, run_ddp
 
 
 @pytest.fixture(scope="module")
@@ -82,34 +82,16 @@ def test_engine_resume_restores_optimizer_and_step(tmp_path):
         torch.testing.assert_close(p, q)
 
 
-def _codec_ddp_worker(rank, world, port, cfg):
-    import os
-    import torch.distributed as dist
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    try:
-        train_codec(CodecTrainConfig(**cfg))
-    finally:
-        dist.destroy_process_group()
-
-
 @needs(IMAGENETTE)
 def test_codec_two_process_ddp_matches_one_process(tiny_folder, tmp_path):
     """gloo DDP with 2 x 2 crops gives the weights of one process on the same 4 crops: the histogram entropy of
     Eq. 1 is taken over both ranks' symbols (an all-reduce inside the loss), not per rank."""
-    import socket
-    from dataclasses import asdict
-    import torch.multiprocessing as mp
     # Ht = 0.1 with β = 200: the rate term dominates these steps (it drives H towards 0)
     kw = dict(data=str(tiny_folder), name="c8", channels=8, steps=5, batch_size=4, crop=32, tile=64,
               target_entropy=0.1, beta=200.0, rate_warmup=0.0, table_tiles=8, progress=False, cache_dir=str(tmp_path))
     torch.set_num_threads(1)
     train_codec(CodecTrainConfig(out=str(tmp_path / "one"), **kw))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_codec_ddp_worker, args=(2, port, asdict(CodecTrainConfig(out=str(tmp_path / "ddp"), **kw))), nprocs=2)
+    run_ddp(train_codec, CodecTrainConfig(out=str(tmp_path / "ddp"), **kw))
     one, ddp = (load_file(str(tmp_path / d / "last.safetensors")) for d in ("one", "ddp"))
     weights = [k for k in one if k.startswith("model.") and one[k].is_floating_point()]
     assert len(weights) > 20
