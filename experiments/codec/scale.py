@@ -133,7 +133,7 @@ def train_cmd(a, point: str, out: Path, recipe: dict, steps: int, minutes: float
             "--beta", str(p["beta"]), "--target-entropy", str(recipe.get("target_entropy", p["target_entropy"])),
             "--lr", str(recipe["lr"]), "--schedule", recipe["schedule"], "--warmup-steps", str(recipe.get("warmup", 0)),
             "--batch-size", str(recipe["batch"]), "--crop", str(recipe["crop"]), "--steps", str(steps),
-            "--max-minutes", f"{minutes:.2f}", "--cache-dir", a.cache, "--checkpoint-every-s", "60"]
+            "--max-minutes", f"{minutes:.2f}", "--cache-dir", a.cache, "--checkpoint-every", "60s"]
     if recipe.get("sigma"):
         cmd += ["--sigma", str(recipe["sigma"])]
     if recipe.get("compile"):

@@ -159,7 +159,6 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("--target-bpp", type=float, default=None, help="rescale Ht so that --bpp-probe's real bpp lands here")
     tc.add_argument("--bpp-probe", default=None, help="images only measured for that calibration (e.g. Kodak)")
     tc.add_argument("--calibrate-at", default="0.3,0.6", help="fractions of the steps at which Ht is rescaled")
-    tc.add_argument("--checkpoint-every-s", type=float, default=120.0)
     tc.add_argument("--max-minutes", type=float, default=None, help="stop and checkpoint after this long; rerun resumes")
     tc.add_argument("--init", default=None, help="fine-tune from this codec (bundled name or path)")
     tc.add_argument("--val-data", default=None)

@@ -46,7 +46,6 @@ class CodecTrainConfig:
     bpp_probe: str | None = None   # folder of images only measured (never trained on) for that calibration
     calibrate_at: str = "0.3,0.6"  # fractions of the steps at which Ht is rescaled
     max_minutes: float | None = None
-    checkpoint_every_s: float = 120.0
     init: str | None = None        # start from a trained codec (fine-tuning; other C: every shape-matching tensor)
     rate_warmup: float = 0.05      # β ramps up linearly over this fraction of the steps (avoids an all-one-symbol collapse)
     val_data: str | None = None
@@ -55,7 +54,7 @@ class CodecTrainConfig:
     seed: int = 0
     table_tiles: int = 4096        # tiles of the training set the frequency tables are fitted on
     progress: bool = True
-    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm" (overrides checkpoint_every_s)
+    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm"/"Nh"; None: every 120 s
 
 
 def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
@@ -190,7 +189,7 @@ def train_codec(cfg: CodecTrainConfig) -> Path:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, max_minutes=cfg.max_minutes,
                                                    compile=cfg.compile, progress=cfg.progress,
-                                                   **checkpoint_interval(cfg.checkpoint_every, cfg.checkpoint_every_s)),
+                                                   **checkpoint_interval(cfg.checkpoint_every, 120.0)),
                     lr_at=lambda s: lr_factor(cfg, s), meta={"config": asdict(cfg)})
     ht = {"value": float(engine.resumed_meta.get("target_entropy_now", cfg.target_entropy))}
     engine.meta["target_entropy_now"] = ht["value"]
