@@ -37,6 +37,12 @@ def browser():
         shutil.rmtree(profile, ignore_errors=True)
 
 
+def wait_for(driver, cond, seconds: float = 120) -> None:
+    """A form submit navigates asynchronously: wait (bounded) until `cond(driver)` holds, then go on."""
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(driver, seconds).until(cond)
+
+
 def loaded(driver, css) -> list:
     """The images matching css, after checking each one actually decoded in the browser."""
     from selenium.webdriver.support.ui import WebDriverWait
@@ -57,7 +63,7 @@ def test_upload_search_detail(tmp_path, photos, server_factory, browser):
         d.get(s.url + "/")
         d.find_element("id", "file").send_keys(str(photos / name))
         d.find_element("id", "upload").click()
-        assert d.current_url.startswith(s.url + "/view/")           # redirected to the new image's page
+        wait_for(d, lambda d: d.current_url.startswith(s.url + "/view/"))  # redirected to the new image's page
         assert d.find_element("id", "name").text == name
     # detail view: labels with scores, areas, decoded image and segmentation overlay
     labels = [r.text for r in d.find_elements("css selector", "#labels tr")]
@@ -73,6 +79,7 @@ def test_upload_search_detail(tmp_path, photos, server_factory, browser):
     box = d.find_element("id", "q")
     box.send_keys(top)
     d.find_element("id", "search").click()
+    wait_for(d, lambda d: "/search" in d.current_url or "q=" in d.current_url)
     assert f"Results for “{top}”" in d.find_element("id", "heading").text
     tiles = loaded(d, "#gallery img")
     assert 1 <= len(tiles) <= 3
