@@ -131,9 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=None, help="image file or folder (default: photos bundled with scikit-image)")
     d.add_argument("--out", default="nodecode-demo", help="output folder")
     d.add_argument("--imagenette", default=None,
-                   help="Imagenette folder (holding val/) for the classification part (default: the bundled samples)")
+                   help="Imagenette folder (holding val/) for the classification part (default: ../shared/datasets/imagenette2-224 if there)")
     d.add_argument("--camvid", default=None,
-                   help="CamVid folder (holding images/val, labels/val) for the segmentation part (default: the bundled samples)")
+                   help="CamVid folder (holding images/val, labels/val) for the segmentation part (default: ../shared/datasets/camvid if there)")
     d.add_argument("--device", default=None)
     d.set_defaults(fn=_demo)
 

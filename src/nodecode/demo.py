@@ -1,7 +1,8 @@
 """`nodecode demo`: compress photos at c8/c16/c32 into real .ndc files, compare with JPEG, draw Fig. 9; then
 segment street scenes (CamVid frames) and classify Imagenette images straight from their .ndc symbols with the
-bundled networks. The frames and images are the real samples bundled in nodecode/samples (see SOURCE.md there),
-or the datasets' own folders when given."""
+bundled networks. The frames and images come from the datasets' folders (--camvid / --imagenette, by default
+../shared/datasets/{camvid,imagenette2-224} beside the checkout); without them those two parts are skipped with a note
+(the datasets carry no licence to redistribute, so no copy of them ships in the package)."""
 from __future__ import annotations
 
 import time
@@ -18,7 +19,13 @@ from nodecode.eval.metrics import image_metrics
 from nodecode.utils import atomic_path, atomic_write_bytes, pick_device, provenance, write_json
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")  # ship inside scikit-image
-SAMPLES = Path(__file__).resolve().parent / "samples"   # 3 CamVid test frames + labels, 1 Imagenette val image per class
+DATASETS = Path("..") / "shared" / "datasets"   # beside the checkout, where the README's commands run
+
+
+def dataset_folder(given: str | None, name: str) -> Path | None:
+    """The folder given, else ../shared/datasets/<name> if it is there, else None (that part is skipped)."""
+    path = Path(given) if given else DATASETS / name
+    return path if path.is_dir() else None
 
 
 def default_images() -> list[tuple[str, np.ndarray]]:
@@ -101,7 +108,7 @@ def run_demo(data: str | None = None, out: str = "nodecode-demo", device: str | 
 def demo_segmentation(out_dir: Path, device, camvid: str | None = None) -> list[dict]:
     """Segment c8 .ndc files of CamVid frames from their symbols with the bundled segmenter (§5), scored against
     their labels: the bundled sample frames, or every 40th val frame of a CamVid folder; skipped with a note if
-    the segmenter is absent."""
+    the segmenter or the CamVid folder is absent."""
     from PIL import Image
     from nodecode.errors import NodecodeError
     from nodecode.tasks.inference import bundled_segmenter, segment_file
@@ -110,12 +117,12 @@ def demo_segmentation(out_dir: Path, device, camvid: str | None = None) -> list[
     except NodecodeError as e:
         print(f"note: segmentation skipped: {e}")
         return []
-    if camvid:
-        frames = sorted((Path(camvid) / "images" / "val").glob("*.jpg"))[::40]
-        labels = {f: Path(camvid) / "labels" / "val" / f"{f.stem}.png" for f in frames}
-    else:
-        frames = sorted((SAMPLES / "camvid").glob("*.jpg"))
-        labels = {f: f.with_suffix(".png") for f in frames}
+    root = dataset_folder(camvid, "camvid")
+    if root is None:
+        print("note: segmentation skipped: no CamVid folder (pass --camvid DIR)")
+        return []
+    frames = sorted((root / "images" / "val").glob("*.jpg"))[::40]
+    labels = {f: root / "labels" / "val" / f"{f.stem}.png" for f in frames}
     rows = []
     seg_dir = out_dir / "camvid"
     seg_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +153,8 @@ def format_demo(rows: list[dict]) -> str:
 
 
 def classification_demo(out_dir: Path, imagenette: str | None, dev) -> list[dict]:
-    """One Imagenette val image per class (the bundled samples, or the first of each class of an Imagenette
-    folder's val/) -> .ndc at each point -> the bundled classifier of that point (§4)."""
+    """The first Imagenette val image of each class -> .ndc at each point -> the bundled classifier of that point
+    (§4); skipped with a note without an Imagenette folder."""
     from nodecode import zoo
     from nodecode.data.folders import scan_image_folder
     from nodecode.tasks.inference import classify_files
@@ -156,11 +163,12 @@ def classification_demo(out_dir: Path, imagenette: str | None, dev) -> list[dict
     if not points:
         print("\nclassification skipped: no bundled classifier")
         return []
-    if imagenette:
-        folder = scan_image_folder(Path(imagenette) / "val")
-        first = {folder.names[int(y)]: Path(p) for p, y in reversed(list(zip(folder.files, folder.labels)))}
-    else:
-        first = {p.name.split("_")[0]: p for p in sorted((SAMPLES / "imagenette").glob("*.jpg"))}
+    root = dataset_folder(imagenette, "imagenette2-224")
+    if root is None:
+        print("\nnote: classification skipped: no Imagenette folder (pass --imagenette DIR)")
+        return []
+    folder = scan_image_folder(root / "val")
+    first = {folder.names[int(y)]: Path(p) for p, y in reversed(list(zip(folder.files, folder.labels)))}
     names = dict(zip(zoo.index()[f"classifier-{points[0]}"].classes, zoo.index()[f"classifier-{points[0]}"].class_names))
     out_dir.mkdir(parents=True, exist_ok=True)
     codecs = {p: load_codec(p, dev) for p in points}
