@@ -18,7 +18,7 @@ done
 for v in "$@"; do case $v in ready-train) touch /root/marks/train-ready ;; ready-camvid) touch /root/marks/camvid-ready ;; esac; done
 case ${1:-} in
   start) nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-         setsid nohup python3 experiments/codec/scale.py all --deadline-min "$2" --wait-train /root/marks/train-ready \
+         setsid nohup python3 experiments/codec/scale.py all --bench-quick --reserve-min 5 --deadline-min "$2" --wait-train /root/marks/train-ready \
            --wait-camvid /root/marks/camvid-ready > /root/res/pipeline.log 2>&1 < /dev/null &
          sleep 20; cat /root/res/pipeline.log ;;
   poll)  sleep "$2"; python3 experiments/codec/scale.py status; rm -rf /root/res/snap; python3 experiments/codec/scale.py snapshot
