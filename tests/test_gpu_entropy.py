@@ -126,8 +126,9 @@ def test_batch_decodes_good_files_and_names_each_bad_one(backend, c8, crops):
     r = BatchDecoder(c8, "cpu", backend).decode(batch)
     assert sorted(r.errors) == sorted(bad)
     for i, why in bad.items():
-        if backend != "constriction" or i != 7:   # constriction says only "entropy decoding failed"
-            assert why in r.errors[i], (i, r.errors[i])
+        if backend == "constriction" and why in ("entropy decoding failed", "zero word"):
+            why = "corrupted .ndc file"            # the per-file decoder's own messages (leftover data, ...)
+        assert why in r.errors[i], (i, r.errors[i])
     assert r.index == [0, 2, 8]
     for k, i in enumerate(r.index):
         np.testing.assert_array_equal(r.symbols[k].numpy(), c8.read_symbols(batch[i])[1])

@@ -33,7 +33,8 @@ class Header:
     num_centers: int
 
 
-def _models(freqs: np.ndarray):
+def models(freqs: np.ndarray) -> list:
+    """constriction's per-channel models of integer tables (C, L); build once, pass to decode_symbols many times."""
     probs = np.asarray(freqs, dtype=np.float64)
     probs = probs / probs.sum(1, keepdims=True)  # exact: integer frequencies over a power of two
     return [constriction.stream.model.Categorical(p, perfect=False) for p in probs]
@@ -42,9 +43,9 @@ def _models(freqs: np.ndarray):
 def encode_symbols(symbols: np.ndarray, freqs: np.ndarray) -> np.ndarray:
     """ANS-code symbols (C, h, w) channel by channel under tables (C, L); returns uint32 words."""
     coder = constriction.stream.stack.AnsCoder()
-    models = _models(freqs)
+    per_channel = models(freqs)
     for c in reversed(range(symbols.shape[0])):  # a stack: encode in reverse, decode forward
-        coder.encode_reverse(np.ascontiguousarray(symbols[c].reshape(-1), dtype=np.int32), models[c])
+        coder.encode_reverse(np.ascontiguousarray(symbols[c].reshape(-1), dtype=np.int32), per_channel[c])
     return coder.get_compressed()
 
 
@@ -60,7 +61,8 @@ def _is_constriction_error(e: BaseException) -> bool:
     return isinstance(e, (ValueError, RuntimeError, OverflowError)) or type(e).__name__ == "PanicException"
 
 
-def decode_symbols(words: np.ndarray, freqs: np.ndarray, shape: tuple) -> np.ndarray:
+def decode_symbols(words: np.ndarray, freqs: np.ndarray, shape: tuple, channel_models: list | None = None) -> np.ndarray:
+    """Symbols (C, h, w) int32 of a file's words; `channel_models`: models(freqs), when decoding many files."""
     c, h, w = shape
     if c != len(freqs):
         raise NodecodeError(f"latent has {c} channels but the model has {len(freqs)}")
@@ -68,10 +70,10 @@ def decode_symbols(words: np.ndarray, freqs: np.ndarray, shape: tuple) -> np.nda
         raise NodecodeError(f"corrupted .ndc file: {len(words)} words cannot hold {c}x{h}x{w} symbols")
     try:
         coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
-        models = _models(freqs)
+        channel_models = channel_models or models(freqs)
         out = np.empty((c, h * w), dtype=np.int32)
         for i in range(c):
-            out[i] = coder.decode(models[i], h * w)
+            out[i] = coder.decode(channel_models[i], h * w)
         left = not coder.is_empty()
     except BaseException as e:  # noqa: BLE001 - re-raised unless it is one of constriction's (see above)
         if not _is_constriction_error(e):

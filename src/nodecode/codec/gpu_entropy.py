@@ -62,26 +62,34 @@ class Packed:
         return buf[:total], buf[total: total + self.n], buf[total + self.n:]
 
 
-def pack_files(datas: list[bytes], codec) -> Packed:
-    """Validate (magic, CRC, header, model) and gather the words of many .ndc files; bad files go to `errors`."""
+def entropy_model(model):
+    """The EntropyModel (name, fingerprint, centers, tables) of an EntropyModel or a loaded codec."""
+    from nodecode.codec.reader import EntropyModel
+    return model if isinstance(model, EntropyModel) else EntropyModel.from_codec(model)
+
+
+def pack_files(files: list, model) -> Packed:
+    """Validate and gather the words of many .ndc files (bytes, or NdcFiles already read and validated once);
+    a file that fails (magic, CRC, header, model, shape) goes to `errors`, the others into one buffer."""
+    from nodecode.codec.reader import open_ndc
+    model = entropy_model(model)
     words, headers, index, errors, shape = [], [], [], {}, None
-    fp, name, ncent = codec.fingerprint(), codec.config.name, codec.config.num_centers
-    for i, data in enumerate(datas):
+    for i, item in enumerate(files):
         try:
-            header, w = bitstream.unpack(data)
-            bitstream.check_model(header, name, fp, ncent)
-            if header.latent_shape[0] != codec.config.channels:
-                raise NodecodeError(f"latent has {header.latent_shape[0]} channels but the model has "
-                                    f"{codec.config.channels}")
+            f = open_ndc(item)          # an NdcFile is returned as it is: no second unpack, no second CRC
+            model.check(f)
+            if f.header.latent_shape[0] != model.channels:
+                raise NodecodeError(f"latent has {f.header.latent_shape[0]} channels but the model has "
+                                    f"{model.channels}")
         except NodecodeError as e:
             errors[i] = str(e)
             continue
-        shape = shape or header.latent_shape
-        if header.latent_shape != shape:
-            errors[i] = f"latent shape {header.latent_shape} differs from the batch's {shape}"
+        shape = shape or f.header.latent_shape
+        if f.header.latent_shape != shape:
+            errors[i] = f"latent shape {f.header.latent_shape} differs from the batch's {shape}"
             continue
-        words.append(w)
-        headers.append(header)
+        words.append(f.words)
+        headers.append(f.header)
         index.append(i)
     counts = np.array([len(w) for w in words], dtype=np.int64)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]]) if len(words) else counts
@@ -219,38 +227,30 @@ class Decoded:
 
 
 class BatchDecoder:
-    """Decode batches of .ndc files of one codec to symbols on `device` (Triton on CUDA, constriction elsewhere)."""
+    """Decode batches of .ndc files of one codec to symbols on `device` (Triton on CUDA, constriction elsewhere).
 
-    def __init__(self, codec, device="cuda", backend: str | None = None):
-        self.codec = codec
+    `model`: the codec's EntropyModel (all that reading files needs) or a loaded codec."""
+
+    def __init__(self, model, device="cuda", backend: str | None = None):
+        self.model = entropy_model(model)
         self.device = torch.device(device)
         if backend is None:
             backend = "triton" if self.device.type == "cuda" and triton_available() else "constriction"
         if backend not in ("triton", "reference", "constriction", "interpret"):
             raise ValueError(f"unknown backend {backend}")
         self.backend = backend
-        self.tables = codec.tables()
-        cdf = cdf_table(self.tables)
+        cdf = cdf_table(self.model.freqs)
         self.cdf_np = cdf
         self.cdf = torch.from_numpy(cdf.astype(np.int32)).to(self.device if backend == "triton" else "cpu")
-        self._models = None
+        self.centers = self.model.centers.to(self.device, torch.float32)
 
     def _constriction(self, words: np.ndarray, shape) -> np.ndarray:
-        import constriction
-        if self._models is None:   # built once, not per file
-            p = self.tables.astype(np.float64)
-            self._models = [constriction.stream.model.Categorical(r / r.sum(), perfect=False) for r in p]
-        c, h, w = shape
-        coder = constriction.stream.stack.AnsCoder(words)
-        out = np.empty((c, h * w), dtype=np.int32)
-        for i in range(c):
-            out[i] = coder.decode(self._models[i], h * w)
-        if not coder.is_empty():
-            raise NodecodeError("corrupted .ndc file: data left over after the last symbol")
-        return out
+        """One file on the CPU: the per-file decoder's own function, with the models built once."""
+        return bitstream.decode_symbols(words, self.model.freqs, shape, self.model.channel_models)
 
-    def decode(self, datas: list[bytes], packed: Packed | None = None) -> Decoded:
-        p = packed or pack_files(datas, self.codec)
+    def decode(self, files: list, packed: Packed | None = None) -> Decoded:
+        """Files (bytes or NdcFiles) -> the symbols of those that decode, on the device; the others in errors."""
+        p = packed or pack_files(files, self.model)
         c, h, w = p.shape
         errors = dict(p.errors)
         if self.backend in ("triton", "interpret"):
@@ -269,16 +269,13 @@ class BatchDecoder:
             sym, st = np.zeros((p.n, c, h * w), np.uint8), np.zeros(p.n, np.int32)
             for k, (s, m) in enumerate(zip(starts.astype(np.int64), counts.astype(np.int64))):
                 try:
-                    sym[k] = self._constriction(words[s: s + m], p.shape)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except BaseException:  # noqa: BLE001 - constriction panics on bad data
-                    st[k] = NONZERO_STATE
+                    sym[k] = self._constriction(words[s: s + m], p.shape).reshape(c, h * w)
+                except NodecodeError as e:
+                    st[k], errors[p.index[k]] = NONZERO_STATE, str(e)
             sym = torch.from_numpy(sym.reshape(p.n, c, h, w))
         good = np.flatnonzero(st == 0)
         for k in np.flatnonzero(st != 0):
-            errors[p.index[k]] = status_message(int(st[k])) if self.backend != "constriction" else \
-                "corrupted .ndc file: entropy decoding failed"
+            errors.setdefault(p.index[k], status_message(int(st[k])))
         if len(good) < p.n:
             sym = sym[torch.from_numpy(good).to(sym.device)]
         return Decoded(sym.to(self.device).contiguous(), [p.index[k] for k in good], [p.headers[k] for k in good],
@@ -286,5 +283,5 @@ class BatchDecoder:
 
     def latent(self, symbols: torch.Tensor) -> torch.Tensor:
         """ŷ = centers[z] on the symbols' device."""
-        centers = self.codec.quantizer.centers.detach().to(symbols.device, torch.float32)
+        centers = self.centers if self.centers.device == symbols.device else self.centers.to(symbols.device)
         return centers[symbols.long()]

@@ -7,6 +7,7 @@ is loaded whole once to hash it). classify, segment, the data loaders and the be
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +39,11 @@ class NdcFile:
         return len(self.data) * 8 / (self.header.height * self.header.width)
 
 
-def open_ndc(path_or_data: str | os.PathLike | bytes) -> NdcFile:
+def open_ndc(path_or_data: "str | os.PathLike | bytes | NdcFile") -> NdcFile:
     """Read (if a path) and validate a .ndc file; NodecodeError on a missing or corrupted file."""
-    if isinstance(path_or_data, (bytes, bytearray)):
+    if isinstance(path_or_data, NdcFile):
+        return path_or_data
+    if isinstance(path_or_data, (bytes, bytearray, memoryview)):
         data, name = bytes(path_or_data), ""
     else:
         path = Path(path_or_data)
@@ -82,6 +85,15 @@ class EntropyModel:
     def num_centers(self) -> int:
         return self.centers.numel()
 
+    @property
+    def channels(self) -> int:
+        return len(self.freqs)
+
+    @functools.cached_property
+    def channel_models(self) -> list:
+        """constriction's models of the tables, built once per EntropyModel (not once per file)."""
+        return bitstream.models(self.freqs)
+
     def check(self, f: NdcFile) -> None:
         """NodecodeError unless `f` was written by this codec (fingerprint and L)."""
         bitstream.check_model(f.header, self.name, self.fingerprint, self.num_centers)
@@ -89,7 +101,7 @@ class EntropyModel:
     def symbols(self, f: NdcFile) -> np.ndarray:
         """Entropy-decode the symbols z (C, h, w) of a file this codec wrote; no pixels, no network."""
         self.check(f)
-        return bitstream.decode_symbols(f.words, self.freqs, f.header.latent_shape)
+        return bitstream.decode_symbols(f.words, self.freqs, f.header.latent_shape, self.channel_models)
 
     def latent(self, symbols: torch.Tensor) -> torch.Tensor:
         """ŷ = centers[z] (float32, on the symbols' device): what g_s and the cResNets receive."""
