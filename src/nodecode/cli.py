@@ -55,21 +55,35 @@ def _eval_segmenter(a):
     print(f"mIoU {100 * r['miou']:.2f}%  pixel accuracy {100 * r['pixel_acc']:.2f}%  ({r['n']} frames, {r['split']})")
 
 
+def _report(rows: list[dict]) -> int:
+    """Each unreadable file as one line on stderr; exit code 2 if there was any."""
+    bad = [r for r in rows if "error" in r]
+    for r in bad:
+        print(f"nodecode: error: {r['error']}", file=sys.stderr)
+    return 2 if bad else 0
+
+
 def _segment(a):
-    from nodecode.tasks.inference import segment_file
-    r = segment_file(a.file, a.output, overlay=a.overlay, model=a.model, device=a.device)
-    top = sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4]
-    print(f"{r['mask']}: {r['width']}x{r['height']} [{r['read']}]  " + ", ".join(f"{k} {v:.0%}" for k, v in top))
+    from nodecode.tasks.inference import mask_paths, segment_files
+    outputs, overlays = mask_paths(a.files, a.output, a.overlay)
+    rows = segment_files(a.files, outputs, overlays, model=a.model, device=a.device, batch=a.batch)
+    for r in rows:
+        if "error" not in r:
+            top = sorted(r["classes"].items(), key=lambda kv: -kv[1])[:4]
+            print(f"{r['mask']}: {r['width']}x{r['height']} [{r['read']}]  " + ", ".join(f"{k} {v:.0%}" for k, v in top))
+    return _report(rows)
 
 
 def _classify(a):
     from nodecode.tasks.inference import classify_files
-    rows = classify_files(a.files, a.classifier, device=a.device, topk=a.topk, point=a.codec)
+    rows = classify_files(a.files, a.classifier, device=a.device, topk=a.topk, point=a.codec, batch=a.batch)
     if a.json:
         print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print(f"{r['path']}: " + ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"]) + f"  [{r['read']}]")
+    else:
+        for r in rows:
+            if "error" not in r:
+                print(f"{r['path']}: " + ", ".join(f"{t['name']} {t['prob']:.3f}" for t in r["top"]) + f"  [{r['read']}]")
+    return _report(rows)
 
 
 def _pack(a):
@@ -169,9 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     tc.set_defaults(fn=_train_codec)
 
     tk = t.add_parser("classifier", help="train a (c)ResNet on rgb, decoded, latent or webp inputs (§4.4, App. A.4)")
-    tk.add_argument("--data", required=True, help="folder with train/ and val/ ImageFolders")
+    tk.add_argument("--data", required=True,
+                    help="folder with train/ and val/ ImageFolders (--input ndc: train/, val/ of .ndc shards or train.tar, val.tar)")
     tk.add_argument("--out", required=True)
-    tk.add_argument("--input", default="latent", choices=["rgb", "decoded", "latent", "webp"])
+    tk.add_argument("--input", default="latent", choices=["rgb", "decoded", "latent", "webp", "ndc"],
+                    help="ndc: latent inputs entropy-decoded on the device per batch from `nodecode pack` shards")
     tk.add_argument("--codec", default="c8", help="operating point for decoded/latent (and webp's default bpp)")
     tk.add_argument("--model", default="cresnet51")
     tk.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
@@ -247,10 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", action="store_true")
     es.set_defaults(fn=_eval_segmenter)
 
-    sg = sub.add_parser("segment", help="segment an .ndc file (no RGB decoding) or an image into a mask PNG")
-    sg.add_argument("file")
-    sg.add_argument("-o", "--output", required=True, help="mask PNG (CamVid palette)")
-    sg.add_argument("--overlay", default=None, help="also write the image blended with the mask (PNG)")
+    sg = sub.add_parser("segment", help="segment .ndc files (no RGB decoding) or images into mask PNGs")
+    sg.add_argument("files", nargs="+")
+    sg.add_argument("-o", "--output", required=True,
+                    help="mask PNG (CamVid palette); a folder for several files (one NAME.png each)")
+    sg.add_argument("--overlay", default=None, help="also write the image blended with the mask (PNG, or a folder)")
+    sg.add_argument("--batch", type=int, default=16, help=".ndc files decoded and segmented per batch")
     sg.add_argument("--model", default=None, help="segmenter.safetensors (default: the bundled c8 one)")
     sg.add_argument("--device", default=None)
     sg.set_defaults(fn=_segment)
@@ -261,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="classifier.safetensors or its run folder (default: the bundled one of each file's point)")
     k.add_argument("--codec", default="c8", help="operating point whose bundled classifier takes image files")
     k.add_argument("--topk", type=int, default=5)
+    k.add_argument("--batch", type=int, default=256, help=".ndc files decoded and classified per batch")
     k.add_argument("--device", default=None)
     k.add_argument("--json", action="store_true")
     k.set_defaults(fn=_classify)
@@ -340,14 +359,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "checkpoint_every", None) is not None:    # refused before any data is read
             from nodecode.tasks.engine import checkpoint_interval
             checkpoint_interval(args.checkpoint_every, 0)
-        args.fn(args)
+        code = args.fn(args) or 0
     except KeyboardInterrupt:
         print("nodecode: interrupted", file=sys.stderr)
         return 130
     except (NodecodeError, OSError, MemoryError, RuntimeError) as e:   # torch's out-of-memory is a RuntimeError
         print(f"nodecode: error: {one_line(e)}", file=sys.stderr)
         return 2
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -90,3 +90,89 @@ class NdcBatchLoader:
             labels = torch.tensor([-1 if chunk[i].label is None else chunk[i].label for i in r.index])
             x = self.decoder.latent(r.symbols) if self.latent else r.symbols
             yield x, labels.to(dev, non_blocking=True), [chunk[i].key for i in r.index]
+
+
+def decoded_batches(items: list, model, device, batch: int = 256, backend: str | None = None):
+    """(positions, symbols uint8 (B, C, h, w) on `device`, {position: error}) for (position, NdcFile) pairs, in
+    batches of files of one image size: read once, one host->device copy and GPU decoding per batch (Triton on CUDA,
+    constriction elsewhere). A file that fails is in the errors with its path, the others are decoded."""
+    dec = BatchDecoder(model, device, backend)
+    groups: dict = {}
+    for i, f in items:
+        groups.setdefault((f.header.latent_shape, f.size), []).append((i, f))
+    for group in groups.values():
+        for k in range(0, len(group), batch):
+            chunk = group[k: k + batch]
+            r = dec.decode([f for _, f in chunk])
+            yield ([chunk[j][0] for j in r.index], r.symbols,
+                   {chunk[j][0]: f"{chunk[j][1].path}: {m}" if chunk[j][1].path else m for j, m in r.errors.items()})
+
+
+class NdcSymbols:
+    """The symbols of many .ndc samples as a tensor-like dataset on `device`: ``x[idx]`` (an index tensor, list,
+    slice or int) entropy-decodes those files there (Triton on CUDA) and returns uint8 (B, C, h, w).
+
+    Stands where a cached uint8 tensor of symbols stands (data.augment.Batches, evaluation, channel_mean), so a
+    classifier trains from shards with the bytes held in memory and decoding per batch. Every file is read and
+    validated (header, CRC, codec, size) once here; a bad one is refused with its key."""
+
+    def __init__(self, samples: list[Sample], model, device="cpu", backend: str | None = None):
+        from nodecode.codec.reader import open_ndc
+        if not samples:
+            raise NodecodeError("no .ndc samples found")
+        self.decoder = BatchDecoder(model, device, backend)
+        self.samples, self.files = samples, []
+        for s in samples:
+            try:
+                f = open_ndc(s.ndc)
+                self.decoder.model.check(f)
+            except NodecodeError as e:
+                raise NodecodeError(f"{s.key}: {e}") from None
+            self.files.append(f)
+        shapes = {f.header.latent_shape for f in self.files}
+        if len(shapes) > 1:
+            raise NodecodeError(f"the .ndc files have {len(shapes)} latent shapes; training takes one size "
+                                f"(e.g. {sorted(shapes)[:2]})")
+        self.shape = (len(self.files), *shapes.pop())
+        self.device = self.decoder.device
+
+    def __len__(self):
+        return len(self.files)
+
+    def to(self, device):
+        return self if torch.device(device) == self.device else NdcSymbols(self.samples, self.decoder.model, device)
+
+    def __getitem__(self, idx):
+        if isinstance(idx, int):
+            return self[[idx]][0]
+        rows = range(len(self))[idx] if isinstance(idx, slice) else torch.as_tensor(idx).flatten().tolist()
+        r = self.decoder.decode([self.files[i] for i in rows])
+        if r.errors:
+            i, msg = next(iter(r.errors.items()))
+            raise NodecodeError(f"{self.samples[rows[i]].key}: {msg}")
+        return r.symbols
+
+
+def load_split(root, split: str, classes: list[str] | None = None, max_per_class: int | None = None):
+    """(samples, labels int64, classes, names) of the shards root/<split>/*.tar or root/<split>.tar (`nodecode pack`).
+
+    Labels come from each sample's class name (key.json "class", else key.cls), so shards packed separately agree;
+    `classes` fixes the order (default: the sorted names found); names from a classes.tsv beside the shards."""
+    from nodecode.data.folders import class_names
+    root = Path(root)
+    where = root / split if (root / split).exists() else root / f"{split}.tar"
+    samples = [s for p in shard_paths(where) for s in read_shard(p)]
+    of = [str((s.meta or {}).get("class", s.label)) for s in samples]
+    if any(c == "None" for c in of):
+        raise NodecodeError(f"{where}: samples without a class (pack a folder of <class>/<name>.ndc)")
+    classes = classes or sorted(set(of))
+    keep, count = [], {}
+    for s, c in zip(samples, of):
+        if c in classes and (max_per_class is None or count.get(c, 0) < max_per_class):
+            count[c] = count.get(c, 0) + 1
+            keep.append((s, classes.index(c)))
+    if not keep:
+        raise NodecodeError(f"{where}: no samples of the classes {classes[:5]}")
+    names = class_names(root)
+    return ([s for s, _ in keep], torch.tensor([y for _, y in keep], dtype=torch.long), classes,
+            [names.get(c, c) for c in classes])
