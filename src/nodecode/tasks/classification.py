@@ -41,7 +41,8 @@ class ClassifierTrainConfig(RunOptions):
     data: str                          # folder holding train/ and val/ ImageFolders (e.g. imagenette2-224)
     out: str
     model: str = "cresnet51"           # resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent
-    input: str = "latent"              # rgb | decoded | latent | webp
+    input: str = "latent"              # rgb | decoded | latent | webp | ndc (latent, from data/{train,val} .ndc shards,
+                                       # decoded on the device per batch: nodecode pack)
     codec: str = "c32"                 # operating point (bundled name or codec path) for decoded/latent (webp: its bpp)
     init: str | None = None            # start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)
     width: float = 1.0
@@ -131,32 +132,49 @@ def _inputs(folder, kind, codec, webp_bpp, cache_dir):
     return x, torch.from_numpy(folder.labels), info
 
 
+def _ndc_inputs(cfg, root: Path, codec, device):
+    """The ndc input kind: train/val symbols decoded per batch on the device from the shards (data.ndc)."""
+    from types import SimpleNamespace
+    from nodecode.data.ndc import NdcSymbols, load_split
+    tr, train_y, classes, names = load_split(root, cfg.train_split, max_per_class=cfg.max_per_class)
+    va, val_y, _, _ = load_split(root, cfg.val_split, classes, cfg.max_per_class)
+    val_x = NdcSymbols(va, codec, device)
+    bpp = sum(f.bpp for f in val_x.files) / len(val_x)
+    return NdcSymbols(tr, codec, device), train_y, val_x, val_y, SimpleNamespace(classes=classes, names=names), \
+        {"bpp": bpp, "codec": codec.config.name}
+
+
 def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     """Train (or resume) one classifier; writes out/classifier.safetensors (+ .json) and out/summary.json."""
     rank, world, dist_dev = init_distributed()
     device = dist_dev or pick_device(cfg.device)
-    check_kind(cfg.model, cfg.input)
+    kind = "latent" if cfg.input == "ndc" else cfg.input      # .ndc shards are latent inputs, decoded per batch
+    check_kind(cfg.model, kind)
     if cfg.bn_batch and world > 1 and cfg.bn_batch != cfg.batch_size // world:
         raise NodecodeError("under DDP, bn_batch must be unset or equal to the per-process batch")
     torch.manual_seed(cfg.seed)
     out, root, t0 = Path(cfg.out), Path(cfg.data), time.time()
-    use_codec = needs_codec(cfg.input) or (cfg.input == "webp" and not cfg.webp_bpp)
+    use_codec = needs_codec(kind) or (cfg.input == "webp" and not cfg.webp_bpp)
     codec = load_codec(cfg.codec, device) if use_codec else None
     if world > 1 and rank != 0:
         dist.barrier()          # rank 0 fills the cache first
-    train_f = scan_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
-    val_f = scan_image_folder(root / cfg.val_split, classes=train_f.classes, max_per_class=cfg.max_per_class)
-    webp_bpp = cfg.webp_bpp
-    if cfg.input == "webp" and not webp_bpp:
-        webp_bpp = load_inputs(val_f, "latent", codec, cache_dir=cfg.cache_dir)[1]["bpp"]
-    train_x, train_y, _ = _inputs(train_f, cfg.input, codec, webp_bpp, cfg.cache_dir)
-    val_x, val_y, val_info = _inputs(val_f, cfg.input, codec, webp_bpp, cfg.cache_dir)
+    if cfg.input == "ndc":
+        train_x, train_y, val_x, val_y, train_f, val_info = _ndc_inputs(cfg, root, codec, device)
+        webp_bpp = None
+    else:
+        train_f = scan_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
+        val_f = scan_image_folder(root / cfg.val_split, classes=train_f.classes, max_per_class=cfg.max_per_class)
+        webp_bpp = cfg.webp_bpp
+        if cfg.input == "webp" and not webp_bpp:
+            webp_bpp = load_inputs(val_f, "latent", codec, cache_dir=cfg.cache_dir)[1]["bpp"]
+        train_x, train_y, _ = _inputs(train_f, cfg.input, codec, webp_bpp, cfg.cache_dir)
+        val_x, val_y, val_info = _inputs(val_f, cfg.input, codec, webp_bpp, cfg.cache_dir)
     if world > 1 and rank == 0:
         dist.barrier()
     train_x, val_x = train_x.to(device), val_x.to(device)
-    mean = channel_mean(train_x, cfg.input, codec)
+    mean = channel_mean(train_x, kind, codec)
     cuda = device.type == "cuda"
-    pipe = InputPipeline(cfg.input, mean, codec, cfg.pad, channels_last=cuda)
+    pipe = InputPipeline(kind, mean, codec, cfg.pad, channels_last=cuda)
     batches = Batches(train_x, train_y, pipe, cfg.batch_size, cfg.seed, rank, world)
     spe = batches.steps_per_epoch
 
@@ -176,7 +194,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                                  {"params": rest, "weight_decay": 0.0}],
                                 lr=cfg.base_lr * cfg.batch_size / 64, momentum=cfg.momentum)
-    meta = {"model": cfg.model, "width": cfg.width, "input": cfg.input, "in_channels": int(train_x.shape[1]),
+    meta = {"model": cfg.model, "width": cfg.width, "input": kind, "in_channels": int(train_x.shape[1]),
             "codec": cfg.codec if codec is not None and cfg.input != "webp" else None,
             "codec_name": codec.config.name if codec is not None and cfg.input != "webp" else None,
             "webp_bpp": webp_bpp, "classes": train_f.classes, "class_names": train_f.names,
