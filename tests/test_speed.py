@@ -70,24 +70,38 @@ def test_cli_bench_speed_cpu(tmp_path, capsys):
 
 
 @needs(IMAGENETTE)
-def test_e2e_from_real_ndc_files(tmp_path):
+def test_e2e_rows_on_the_cpu(tmp_path):
+    """The issue-13 rows run on the CPU with tiny sizes: shards decoded by constriction, GPU-only rows skipped."""
     from nodecode.bench.e2e import decode_ndc_chunk, e2e_speed
+    from nodecode.bench.speed import format_rows
     from nodecode.codec.zoo import load_codec
     rows = e2e_speed(IMAGENETTE / "val", tmp_path, "c8", "cpu", limit=4, batch=4, workers=1, width=0.0625,
-                     log=lambda *_: None)
+                     log=lambda *_: None, points=("c8", "c16"), train_steps_n=3)
     info = json.loads((tmp_path / "info.json").read_text())
     assert len(info["names"]) == 4 and len({n.split("/")[0] for n in info["names"]}) >= 2
-    assert 0.05 < info["bpp"]["ndc"] < 0.3 and info["bpp"]["jpeg"] > 0 and info["bpp"]["webp"] > 0
-    assert [(r["path"], r["impl"]) for r in rows] == [(f"e2e-{f}", f"optimized-{m}") for f in ("ndc", "jpeg", "webp")
-                                                      for m in ("sequential", "pipelined")]
+    assert 0.05 < info["bpp"]["c8"] < info["bpp"]["c16"] < 0.6 and info["bpp"]["jpeg@c8"] > 0
+    assert (tmp_path / "c8.tar").is_file() and (tmp_path / "c16" / "jpeg").is_dir()
+    timed = [(r["path"], r.get("point"), r["impl"]) for r in rows if "skipped" not in r]
+    skipped = [r["path"] for r in rows if "skipped" in r]
+    modes = ("optimized-sequential", "optimized-pipelined")
+    assert timed[:4] == [("e2e-ndc-shard-constriction", p, m) for p in ("c8", "c16") for m in modes]
+    assert timed[4:8] == [(f"e2e-{k}-files-cpu1", None, m) for k in ("jpeg", "ndc") for m in modes]
+    assert [t[0] for t in timed[8:]] == ["train-input cresnet51 <- .ndc shard", "train-input cresnet51 <- synthetic",
+                                         "train-input resnet50 <- synthetic"]
+    assert skipped == ["e2e compiled rows", "e2e-jpeg-original-nvjpeg", "e2e-jpeg-c8-nvjpeg", "e2e-jpeg-c16-nvjpeg",
+                       "train-input resnet50 <- JPEG nvJPEG"]
     for r in rows:
-        assert ROW_KEYS <= set(r) and r["images"] == 4 and r["images_per_s"] > 0 and r["weights"] == "random"
-    # the worker's entropy decoding gives exactly the encoder's symbols
+        if "skipped" not in r:
+            assert ROW_KEYS <= set(r) and r["images_per_s"] > 0
+    for r in rows[1:5]:
+        assert r["images"] == 4 and r["corrupt"] == 0 and r["weights"] == "random" and r["bpp"] == info["bpp"][r["point"]]
+    assert "skipped: nvJPEG needs CUDA" in format_rows(rows)
+    # the CPU processes' entropy decoding gives exactly the encoder's symbols (write_ndc packs those)
     from nodecode.data.folders import load_prepared
     from nodecode.data.latents import encode_symbols
     f = next((IMAGENETTE / "val" / info["names"][0].split("/")[0]).glob(info["names"][0].split("/")[1] + ".*"))
     z = encode_symbols(load_codec("c8"), torch.from_numpy(load_prepared((str(f), 224)))[None])
-    np.testing.assert_array_equal(decode_ndc_chunk([str(tmp_path / "ndc" / f"{info['names'][0]}.ndc")]), z)
+    np.testing.assert_array_equal(decode_ndc_chunk([str(tmp_path / "c8" / "ndc" / f"{info['names'][0]}.ndc")]), z)
 
 
 @needs(KODAK)

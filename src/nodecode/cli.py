@@ -127,7 +127,7 @@ def _bench_speed(a):
                       iters=a.iters, sets=a.sets, compile_models=tuple(filter(None, a.compile_models.split(","))),
                       compile_budget_s=a.compile_budget_s, peak_n=a.peak_n)
     run_all(cfg, a.json, a.e2e_data, a.e2e_work, a.e2e_limit, a.e2e_batch, a.workers, a.classifiers, a.kodak,
-            a.kodak_limit, a.cpu_images)
+            a.kodak_limit, a.cpu_images, e2e_points=tuple(a.e2e_points.split(",")), e2e_train_steps=a.e2e_train_steps)
 
 
 def _demo(a):
@@ -339,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--e2e-work", default=None, help="where the .ndc/JPEG/WebP files are written (kept, reused)")
     bs.add_argument("--e2e-limit", type=int, default=1024)
     bs.add_argument("--e2e-batch", type=int, default=256)
+    bs.add_argument("--e2e-points", default="c8,c16", help="operating points of the .ndc shard rows (JPEG at each's bpp)")
+    bs.add_argument("--e2e-train-steps", type=int, default=30, help="training steps timed per training-input row")
     bs.add_argument("--workers", type=int, default=None, help="decoding worker processes")
     bs.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
     bs.add_argument("--kodak", default=None, help="Kodak folder: codec encode/decode speed")

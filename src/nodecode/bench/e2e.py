@@ -1,9 +1,12 @@
-"""End to end from files (App. A.9 "and beyond"): .ndc -> entropy decoding -> cResNet, vs JPEG/WebP -> Pillow -> ResNet.
+"""End to end from files (App. A.9 "and beyond", issue 13): files -> labels on one card, side by side.
 
-Decoding runs in CPU worker processes, one chunk of a batch per worker; the network is BN-folded, bf16,
-channels_last and replayed as a CUDA graph with the uint8 -> float input step inside it. "sequential" times
-decode, host->device copy and network one after the other (the breakdown); "pipelined" keeps the next batches
-decoding while the GPU runs the current one (the fair optimized number).
+Rows (``e2e_speed``): .ndc shard -> batched entropy decoding on the device (bench.e2e_gpu; Triton) -> cResNet-51 at
+each operating point (c8, c16); JPEG (the originals, and JPEG at each point's bpp) -> nvJPEG -> ResNet-50;
+JPEG -> Pillow in CPU processes -> ResNet-50 and .ndc -> constriction in CPU processes -> cResNet-51; then the
+training-input throughput. Networks are BN-folded, bf16, channels_last and replayed as a CUDA graph with the
+uint8 -> float step inside ("optimized"), also torch.compile'd ("compiled") where asked. "sequential" times the
+parts one after the other (the breakdown); "pipelined" overlaps them (the throughput). Rows that cannot run here
+(nvJPEG, compile without CUDA) are returned as {"path", "skipped": why}.
 """
 from __future__ import annotations
 
@@ -27,13 +30,13 @@ def decode_ndc_datas(datas: list[bytes], names=None) -> np.ndarray:
     """Entropy-decode .ndc files' bytes to their symbols only (no g_s): uint8 (N, C, h, w).
 
     One decoder per codec and process (constriction models built once, each file unpacked once)."""
-    from nodecode.codec.bitstream import read_header
-    from nodecode.codec.files import codec_for
     from nodecode.codec.gpu_entropy import BatchDecoder
-    name = read_header(datas[0]).model
-    if name not in _DECODERS:
-        _DECODERS[name] = BatchDecoder(codec_for(datas[0], None, "cpu"), "cpu", "constriction")
-    r = _DECODERS[name].decode(datas)
+    from nodecode.codec.reader import EntropyModel, open_ndc
+    files = [open_ndc(d) for d in datas]           # each file unpacked and CRC-checked once
+    name = files[0].header.model
+    if name not in _DECODERS:                      # the entropy model only: centers and tables, no network
+        _DECODERS[name] = BatchDecoder(EntropyModel.load(name), "cpu", "constriction")
+    r = _DECODERS[name].decode(files)
     if r.errors:
         i, msg = next(iter(r.errors.items()))
         raise NodecodeError(f"{names[i] if names else i}: {msg}")
@@ -89,16 +92,19 @@ def write_baseline(images: list[np.ndarray], names: list[str], out: Path, fmt: s
     return float(np.mean([r[1] for r in res]))
 
 
-def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor):
-    """u8 batch -> argmax labels: BN folded, bf16, channels_last; a CUDA graph for full batches on CUDA."""
+def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor, compiled: bool = False):
+    """u8 batch -> argmax labels: BN folded, bf16, channels_last (torch.compile'd if `compiled`); a CUDA graph for
+    full batches on CUDA. The labels are a copy (a graph's output is overwritten by its next replay)."""
     m = fold_bn(net).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
+    if compiled:
+        m = torch.compile(m)
 
     def fn(u8):
         return m(prep(u8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).argmax(1)
     graph = maybe_graph(fn, example_u8)
     if not isinstance(graph, GraphRunner):
         return fn
-    return lambda u8: graph(u8) if u8.shape == graph.static_in.shape else fn(u8)
+    return lambda u8: graph(u8).clone() if u8.shape == graph.static_in.shape else fn(u8)
 
 
 def run_files(files: list[str], decode_chunk, infer, batch: int, workers: int, device, pipelined: bool,
@@ -160,83 +166,205 @@ def check_files(files: list[str]) -> None:
             raise NodecodeError(f"no such file: {f}")
 
 
+
 def _classifier(path: Path | None, model: str, in_channels: int, mean: float, dev, width: float = 1.0):
-    """(net, channel mean, classes or None): the trained classifier at `path` if there, else random 10-class weights."""
+    """(net, channel mean (1, C, 1, 1), classes or None): the trained classifier at `path` if there, else random
+    10-class weights (timing only)."""
     from nodecode.models import create_model
     from nodecode.tasks.classification import load_classifier
-    if path is not None and (path / "classifier.safetensors").is_file():
+    if path is not None and Path(path).exists():
         net, meta = load_classifier(path, dev)
-        return net, torch.tensor(meta["mean"], device=dev), meta["classes"]
+        return net, torch.tensor(meta["mean"], device=dev).view(1, -1, 1, 1), meta["classes"]
     net = create_model(model, in_channels=in_channels, num_classes=10, width=width).to(dev).eval()
-    return net, torch.full((in_channels,), mean, device=dev), None
+    return net, torch.full((1, in_channels, 1, 1), mean, device=dev), None
 
 
-def prepare_files(val_dir, work: Path, codec, limit: int | None, workers: int | None, log=print) -> dict:
-    """Write the .ndc / JPEG / WebP folders once (skipped when work/info.json exists); returns that info."""
+def prepare_files(val_dir, work: Path, points=("c8", "c16"), limit: int | None = None, workers: int | None = None,
+                  device="cpu", log=print) -> dict:
+    """Once per work folder (kept in work/info.json): the val images (224², the evaluation crop) as .ndc files of
+    each point (work/<point>/ndc/<class>/<name>.ndc, packed into work/<point>.tar) and as JPEG at that point's bpp
+    (work/<point>/jpeg/...); the original JPEG files are used as they are."""
     import json
 
+    from nodecode.codec.zoo import load_codec
     from nodecode.data.cache import pool_map
     from nodecode.data.folders import load_prepared, scan_image_folder
+    from nodecode.data.shards import pack_dir
     from nodecode.utils import write_json
     info_path = work / "info.json"
     if info_path.exists():
-        return json.loads(info_path.read_text())
+        info = json.loads(info_path.read_text())
+        if all(p in info["bpp"] for p in points):
+            return info
     folder = scan_image_folder(val_dir)
     idx = np.unique(np.linspace(0, len(folder.files) - 1, limit or len(folder.files)).round().astype(int))
     files = [folder.files[i] for i in idx]
     names = [f"{f.parent.name}/{f.stem}" for f in files]
     images = [a.transpose(1, 2, 0) for a in pool_map(load_prepared, [(str(f), 224) for f in files], workers)]
     t = time.time()
-    info = {"names": names, "bpp": {"ndc": write_ndc(images, names, work / "ndc", codec)}}
-    for fmt in ("jpeg", "webp"):
-        info["bpp"][fmt] = write_baseline(images, names, work / fmt, fmt, info["bpp"]["ndc"], workers)
-    log(f"wrote {len(names)} images as .ndc/JPEG/WebP in {time.time() - t:.0f}s; mean bpp {info['bpp']}")
+    info = {"names": names, "originals": [str(f) for f in files], "classes": sorted({n.split("/")[0] for n in names}),
+            "bpp": {"jpeg-original": float(np.mean([f.stat().st_size * 8 / (224 * 224) for f in files]))}}
+    for point in points:
+        codec = load_codec(point, device)
+        info["bpp"][point] = write_ndc(images, names, work / point / "ndc", codec)
+        pack_dir(work / point / "ndc", work / f"{point}.tar")
+        info["bpp"][f"jpeg@{point}"] = write_baseline(images, names, work / point / "jpeg", "jpeg",
+                                                      info["bpp"][point], workers)
+    log(f"wrote {len(names)} images as .ndc and JPEG in {time.time() - t:.0f}s; mean bpp {info['bpp']}")
     write_json(info_path, info)
     return info
 
 
+def _top1(labels, names, classes) -> float | None:
+    if classes is None:
+        return None
+    truth = np.array([classes.index(n.split("/")[0]) if n.split("/")[0] in classes else -1 for n in names])
+    return float(np.mean(np.asarray(labels) == truth))
+
+
+def _row(path, model, impl, mode, r, names, classes, bpp, batch, **kw) -> dict:
+    n = len(r["labels"])
+    ips = n / r["seconds"]
+    return {"path": path, "model": model, "batch": batch, "precision": "bf16", "impl": f"{impl}-{mode}",
+            "images_per_s": ips, "ms_per_image": 1e3 / ips, "peak_fraction": None, "images": n, "bpp": bpp,
+            "top1": _top1(r["labels"], names, classes), "weights": "trained" if classes else "random",
+            **{k: v for k, v in r.items() if k not in ("labels", "keys")}, **kw}
+
+
+def _log_row(log, r):
+    parts = " ".join(f"{k[:-2]} {r[k]:.2f}s" for k in ("read_s", "parse_s", "h2d_s", "decode_s", "network_s") if k in r)
+    log(f"e2e {r['path']:34s} {r['model']:10s} {r['impl']:20s} {r['images_per_s']:9.0f} img/s  bpp {r['bpp']:.3f}  "
+        + parts + (f"  top-1 {100 * r['top1']:.1f}%" if r["top1"] is not None else ""))
+
+
 def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit: int | None = 1024,
-              batch: int = 256, workers: int | None = None, cls_root=None, width: float = 1.0,
-              log=print) -> list[dict]:
-    """Rows "e2e-ndc" (cResNet-51 on entropy-decoded symbols) and "e2e-jpeg"/"e2e-webp" (Pillow -> ResNet-50)."""
+              batch: int = 256, workers: int | None = None, cls_root=None, width: float = 1.0, log=print,
+              points: tuple = ("c8", "c16"), compiled: bool = True, train_steps_n: int = 30) -> list[dict]:
+    """All end-to-end rows (see the module docstring); trained weights from cls_root/<point>-latent-cresnet51-s0
+    and cls_root/none-rgb-resnet50-s0 when there (top-1), else random ones. `codec_name` is the point of the
+    CPU-process .ndc row and of the training-input rows."""
+    from nodecode.bench import e2e_gpu as g
+    from nodecode.codec.gpu_entropy import BatchDecoder
     from nodecode.codec.zoo import load_codec
+    from nodecode.data.shards import read_shard
+    from nodecode.models import create_model
     dev = torch.device(device)
     work = Path(work)
-    codec = load_codec(codec_name, dev)
-    info = prepare_files(val_dir, work, codec, limit, workers, log)
+    points = tuple(dict.fromkeys((codec_name, *points)))
+    info = prepare_files(val_dir, work, points, limit, workers, dev, log)
+    names = info["names"]
     workers = workers if workers is not None else min(16, os.cpu_count() or 1)
-    c = codec.config.channels
-    cls_root = Path(cls_root) if cls_root else None
-    plans = {"ndc": ("cresnet51", c, 0.0, f"{codec_name}-latent-cresnet51-s0", decode_ndc_chunk, "ndc"),
-             "jpeg": ("resnet50", 3, 127.5, "none-rgb-resnet50-s0", decode_image_chunk, "jpg"),
-             "webp": ("resnet50", 3, 127.5, "none-rgb-resnet50-s0", decode_image_chunk, "webp")}
-    pool = start_pool(workers) if workers > 1 else None
-    rows = []
-    try:
-        for fmt, (model, ch, mean0, ckpt, chunk_fn, ext) in plans.items():
-            net, mean, classes = _classifier(cls_root / ckpt if cls_root else None, model, ch, mean0, dev, width)
-            mean = mean.view(1, -1, 1, 1)
-            prep = (lambda u8, m=mean: codec.latent(u8) - m) if fmt == "ndc" else (lambda u8, m=mean: u8.float() - m)
-            size = 28 if fmt == "ndc" else 224
-            infer = make_infer(net, prep, torch.zeros(batch, ch, size, size, dtype=torch.uint8, device=dev))
-            files = [str(work / fmt / f"{n}.{ext}") for n in info["names"]]
-            check_files(files)
-            run_files(files[: 2 * batch], chunk_fn, infer, batch, max(workers, 1), dev, True, pool)  # warm-up
-            truth = None
-            if classes is not None:
-                truth = [classes.index(n.split("/")[0]) if n.split("/")[0] in classes else -1 for n in info["names"]]
+    ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
+    impls = ["optimized"] + (["compiled"] if compiled and dev.type == "cuda" else [])
+    rows: list[dict] = []
+    if compiled and dev.type != "cuda":
+        rows.append({"path": "e2e compiled rows", "skipped": "torch.compile rows run on CUDA only"})
+
+    def timed(label, run, make_row):
+        for impl in impls:
+            try:
+                infer = run(impl)
+            except Exception as e:  # noqa: BLE001 - a network that does not compile must not cost the benchmark
+                rows.append({"path": label, "impl": impl, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
+                log(f"e2e {label} {impl}: skipped ({rows[-1]['skipped']})")
+                continue
             for mode in ("sequential", "pipelined"):
-                r = run_files(files, chunk_fn, infer, batch, max(workers, 1), dev, mode == "pipelined", pool)
-                labels = r.pop("labels")
-                top1 = float(np.mean(np.array(labels) == np.array(truth))) if truth else None
-                rows.append({"path": f"e2e-{fmt}", "model": model, "batch": batch, "precision": "bf16",
-                             "impl": f"optimized-{mode}", "ms_per_image": 1e3 / r["images_per_s"], "peak_fraction": None,
-                             **r, "bpp": info["bpp"][fmt], "images": len(files), "workers": workers,
-                             "weights": "trained" if classes else "random", "top1": top1})
-                log(f"e2e {fmt:4s} {mode:10s} {r['images_per_s']:8.1f} img/s  decode {r['decode_s']:.2f}s "
-                    f"h2d {r['h2d_s']:.2f}s net {r['network_s']:.2f}s  bpp {info['bpp'][fmt]:.3f}"
-                    + (f"  top-1 {100 * top1:.1f}%" if top1 is not None else ""))
+                rows.append(make_row(infer, impl, mode))
+                _log_row(log, rows[-1])
+
+    # .ndc shard -> entropy decoding on the device -> cResNet-51, per point
+    for point in points:
+        codec = load_codec(point, dev)
+        dec = BatchDecoder(codec, dev)
+        c = codec.config.channels
+        net, mean, classes = _classifier(ck(f"{point}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
+        samples = read_shard(work / f"{point}.tar")
+
+        def build(impl, net=net, mean=mean, codec=codec, c=c, dec=dec, samples=samples):
+            infer = make_infer(net, lambda u8: codec.latent(u8) - mean,
+                               torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), impl == "compiled")
+            g.ndc_shard_pass(samples[: 2 * batch], dec, infer, batch, True)        # warm-up: kernel, graph
+            return infer
+
+        def row(infer, impl, mode, point=point, dec=dec, classes=classes):
+            r = g.ndc_shard_pass(work / f"{point}.tar", dec, infer, batch, mode == "pipelined")
+            keys = r["keys"]
+            return _row(f"e2e-ndc-shard-{dec.backend}", "cresnet51", impl, mode, r, keys, classes, info["bpp"][point],
+                        batch, point=point, corrupt=r["corrupt"])
+        timed(f"e2e-ndc-shard {point}", build, row)
+
+    # JPEG -> nvJPEG (batched, on the device) -> ResNet-50: the originals and JPEG at each point's bpp
+    why = g.nvjpeg_missing(dev)
+    net, mean, classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
+    for which in ("original", *points):
+        label = f"e2e-jpeg-{which}-nvjpeg"
+        if why:
+            rows.append({"path": label, "skipped": why})
+            continue
+        files = info["originals"] if which == "original" else \
+            [str(work / which / "jpeg" / f"{n}.jpg") for n in names]
+
+        def build(impl, files=files):
+            infer = make_infer(net, lambda u8: u8.float() - mean,
+                               torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev), impl == "compiled")
+            g.nvjpeg_pass(files[: 2 * batch], infer, batch, dev, True)
+            return infer
+
+        def row(infer, impl, mode, files=files, which=which):
+            r = g.nvjpeg_pass(files, infer, batch, dev, mode == "pipelined")
+            bpp = info["bpp"]["jpeg-original" if which == "original" else f"jpeg@{which}"]
+            return _row(label, "resnet50", impl, mode, r, names, classes, bpp, batch)
+        timed(label, build, row)
+    if why:
+        log(f"e2e nvJPEG rows skipped: {why}")
+
+    # files -> CPU processes (Pillow for JPEG, constriction for .ndc) -> network (today's rows), pipelined
+    pool = start_pool(workers) if workers > 1 else None
+    try:
+        codec = load_codec(codec_name, dev)
+        c = codec.config.channels
+        for kind in ("jpeg", "ndc"):
+            if kind == "jpeg":
+                net, mean, classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
+                prep, shape, fn, files = (lambda u8, m=mean: u8.float() - m), (3, 224), decode_image_chunk, info["originals"]
+            else:
+                net, mean, classes = _classifier(ck(f"{codec_name}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
+                prep, shape, fn = (lambda u8, m=mean: codec.latent(u8) - m), (c, 28), decode_ndc_chunk
+                files = [str(work / codec_name / "ndc" / f"{n}.ndc") for n in names]
+            check_files(files)
+            infer = make_infer(net, prep, torch.zeros(batch, shape[0], shape[1], shape[1], dtype=torch.uint8, device=dev))
+            run_files(files[: 2 * batch], fn, infer, batch, max(workers, 1), dev, True, pool)     # warm-up
+            for mode in ("sequential", "pipelined"):
+                r = run_files(files, fn, infer, batch, max(workers, 1), dev, mode == "pipelined", pool)
+                rows.append(_row(f"e2e-{kind}-files-cpu{workers}", "resnet50" if kind == "jpeg" else "cresnet51",
+                                 "optimized", mode, r, names, classes,
+                                 info["bpp"]["jpeg-original" if kind == "jpeg" else codec_name], batch, workers=workers))
+                _log_row(log, rows[-1])
     finally:
         if pool is not None:
             pool.shutdown()
+
+    # training-input throughput: a cResNet-51 step fed from the shard (decoded on the device) vs ResNet-50 + nvJPEG
+    codec = load_codec(codec_name, dev)
+    mk = lambda m, ch: create_model(m, in_channels=ch, num_classes=10, width=width).to(dev, memory_format=torch.channels_last)
+    tb = min(batch, 256)
+    train = {"cresnet51 <- .ndc shard": lambda: g.train_steps(mk("cresnet51", codec.config.channels),
+                                                               g.ndc_train_batches(work / f"{codec_name}.tar", codec, tb, train_steps_n, dev)),
+             "cresnet51 <- synthetic": lambda: g.train_steps(mk("cresnet51", codec.config.channels),
+                                                             ((torch.randn(tb, codec.config.channels, 28, 28, device=dev),
+                                                               torch.zeros(tb, dtype=torch.long, device=dev)) for _ in range(train_steps_n))),
+             "resnet50 <- JPEG nvJPEG": lambda: g.train_steps(mk("resnet50", 3), g.jpeg_train_batches(
+                 info["originals"], [info["classes"].index(n.split("/")[0]) for n in names], tb, train_steps_n, dev)),
+             "resnet50 <- synthetic": lambda: g.train_steps(mk("resnet50", 3), (
+                 (torch.randn(tb, 3, 224, 224, device=dev), torch.zeros(tb, dtype=torch.long, device=dev))
+                 for _ in range(train_steps_n)))}
+    for label, fn in train.items():
+        if "nvJPEG" in label and why:
+            rows.append({"path": f"train-input {label}", "skipped": why})
+            continue
+        ips = fn()
+        rows.append({"path": f"train-input {label}", "model": label.split()[0], "batch": tb, "precision":
+                     "bf16" if dev.type == "cuda" else "fp32", "impl": "eager-train-step", "images_per_s": ips,
+                     "ms_per_image": 1e3 / ips, "peak_fraction": None, "steps": train_steps_n})
+        log(f"train-input {label:28s} {ips:9.0f} img/s")
     return rows

@@ -211,6 +211,9 @@ def format_rows(rows: list[dict]) -> str:
     """A Markdown table of speed rows."""
     lines = ["| path | model | batch | precision | impl | images/s | ms/image | peak |", "|---|---|---:|---|---|---:|---:|---:|"]
     for r in rows:
+        if "skipped" in r:
+            lines.append(f"| {r['path']} | {r.get('model', '–')} | – | – | {r.get('impl', '–')} | skipped: {r['skipped']} | – | – |")
+            continue
         pf = r.get("peak_fraction")
         lines.append(f"| {r['path']} | {r['model']} | {r['batch']} | {r['precision']} | {r['impl']} | "
                      f"{r['images_per_s']:.1f} | {r['ms_per_image']:.4f} | {'–' if pf is None else f'{100 * pf:.1f}%'} |")
@@ -219,7 +222,7 @@ def format_rows(rows: list[dict]) -> str:
 
 def run_all(cfg: SpeedConfig, json_out=None, e2e_data=None, e2e_work=None, e2e_limit: int | None = 1024,
             e2e_batch: int = 256, workers: int | None = None, classifiers=None, kodak=None, kodak_limit=None,
-            cpu_images: int = 3, log=print) -> dict:
+            cpu_images: int = 3, log=print, e2e_points: tuple = ("c8", "c16"), e2e_train_steps: int = 30) -> dict:
     """`nodecode bench speed`: the network rows, then optionally end to end from files and the Kodak codec speed."""
     from nodecode.utils import provenance, write_json
     for p in (e2e_data, kodak):
@@ -230,7 +233,8 @@ def run_all(cfg: SpeedConfig, json_out=None, e2e_data=None, e2e_work=None, e2e_l
         from nodecode.bench.e2e import e2e_speed
         work = e2e_work or __import__("tempfile").mkdtemp(prefix="nodecode-e2e-")
         res["rows"] += e2e_speed(e2e_data, work, f"c{cfg.latent_channels}", cfg.device, e2e_limit, e2e_batch,
-                                 workers, classifiers, log)
+                                 workers, classifiers, cfg.width, log, e2e_points, "compiled" in cfg.impls,
+                                 e2e_train_steps)
     if kodak:
         from nodecode.bench.codec_speed import kodak_speed
         res["codec"] = kodak_speed(kodak, f"c{cfg.latent_channels}", cfg.device, kodak_limit, cpu_images, log)

@@ -1,0 +1,172 @@
+"""Files -> labels with decoding on the device (issue 13): .ndc shards -> batched entropy decoding (Triton) ->
+cResNet, and JPEG files -> nvJPEG (torchvision.io.decode_jpeg on a list, device="cuda") -> ResNet; plus the
+training-input throughput (a training step fed from .ndc shards vs from JPEG through nvJPEG).
+
+A pass returns its labels and the time breakdown: read (the shard's one sequential read, or the JPEG files),
+parse (host: validate headers, gather words), h2d (one copy per batch), decode, network. "sequential" synchronises
+after each part (the breakdown); "pipelined" does not (the throughput). Without CUDA the .ndc pass decodes with
+constriction on the CPU and the nvJPEG rows are skipped (their reason is returned).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nodecode.codec.gpu_entropy import decode_triton, pack_files
+from nodecode.data.shards import read_shard
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+class PinnedRing:
+    """Host->device copies through a few pinned buffers: asynchronous, a slot is reused once its copy is done."""
+
+    def __init__(self, dev: torch.device, slots: int = 3):
+        self.dev, self.slots, self.k = dev, [[None, None] for _ in range(slots)], 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dev.type != "cuda":
+            return x
+        slot = self.slots[self.k % len(self.slots)]
+        self.k += 1
+        if slot[1] is not None:
+            slot[1].synchronize()
+        if slot[0] is None or slot[0].numel() < x.numel():
+            slot[0] = torch.empty(2 * x.numel(), dtype=x.dtype).pin_memory()
+        staged = slot[0][: x.numel()]
+        staged.copy_(x)
+        out = staged.to(self.dev, non_blocking=True)
+        slot[1] = torch.cuda.Event()
+        slot[1].record()
+        return out
+
+
+def ndc_shard_pass(shard: Path | list, dec, infer, batch: int, pipelined: bool) -> dict:
+    """A shard (path: read every pass; or its samples) -> parse -> one copy -> decode -> infer, per batch.
+
+    {"seconds", "read_s", "parse_s", "h2d_s", "decode_s", "network_s", "labels", "keys", "corrupt"}; corrupt files
+    are counted from the decoder's statuses at the end (no per-batch synchronisation for them)."""
+    dev = dec.device
+    t = dict.fromkeys(("read_s", "parse_s", "h2d_s", "decode_s", "network_s"), 0.0)
+    t0 = time.perf_counter()
+    samples = read_shard(shard) if isinstance(shard, (str, Path)) else shard   # one sequential read
+    t["read_s"] = time.perf_counter() - t0
+    labels, statuses, ring, corrupt = [], [], PinnedRing(dev), 0
+    for i in range(0, len(samples), batch):
+        a = time.perf_counter()
+        p = pack_files([s.ndc for s in samples[i: i + batch]], dec.model)
+        corrupt += len(p.errors)
+        b = time.perf_counter()
+        if dec.backend == "triton":
+            buf = ring(torch.from_numpy(p.buffer.view(np.int32)))               # the batch's one copy
+            if not pipelined:
+                sync(dev)
+            c = time.perf_counter()
+            sym, st = decode_triton(buf, p.n, dec.cdf, p.shape[1] * p.shape[2])
+            sym = sym.reshape(p.n, *p.shape)
+            statuses.append(st)
+        else:                                        # the CPU decoder: its symbols are copied once instead
+            c = time.perf_counter()
+            r = dec.decode(None, p)
+            sym, corrupt = r.symbols, corrupt + len(r.errors)
+        if not pipelined:
+            sync(dev)
+        d = time.perf_counter()
+        with torch.no_grad():
+            labels.append(infer(sym))
+        if not pipelined:
+            sync(dev)
+        e = time.perf_counter()
+        t["parse_s"] += b - a
+        t["h2d_s"] += c - b
+        t["decode_s"] += d - c
+        t["network_s"] += e - d
+    labels = torch.cat(labels).cpu().tolist()
+    if statuses:
+        corrupt += int((torch.cat(statuses) != 0).sum())
+    return {"seconds": time.perf_counter() - t0, **t, "labels": labels, "keys": [s.key for s in samples],
+            "corrupt": corrupt}
+
+
+def nvjpeg_missing(dev: torch.device) -> str | None:
+    """Why the nvJPEG rows cannot run here (None when they can)."""
+    if dev.type != "cuda":
+        return "nvJPEG needs CUDA"
+    try:
+        from torchvision.io import decode_jpeg  # noqa: F401 - torchvision is optional, imported only here
+    except ImportError as e:
+        return f"torchvision not installed ({e})"
+    return None
+
+
+def nvjpeg_pass(files: list[str], infer, batch: int, dev: torch.device, pipelined: bool) -> dict:
+    """JPEG files -> read -> decode_jpeg(list, device=cuda) (batched nvJPEG) -> infer, per batch."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    t = dict.fromkeys(("read_s", "decode_s", "network_s"), 0.0)
+    labels = []
+    t0 = time.perf_counter()
+    for i in range(0, len(files), batch):
+        a = time.perf_counter()
+        datas = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in files[i: i + batch]]
+        b = time.perf_counter()
+        x = torch.stack(decode_jpeg(datas, mode=ImageReadMode.RGB, device=dev))
+        if not pipelined:
+            sync(dev)
+        c = time.perf_counter()
+        with torch.no_grad():
+            labels.append(infer(x))
+        if not pipelined:
+            sync(dev)
+        d = time.perf_counter()
+        t["read_s"] += b - a
+        t["decode_s"] += c - b
+        t["network_s"] += d - c
+    return {"seconds": time.perf_counter() - t0, **t, "labels": torch.cat(labels).cpu().tolist()}
+
+
+def train_steps(net: torch.nn.Module, batches, warmup: int = 2) -> float:
+    """Images/s of SGD steps (bf16 autocast on CUDA, channels_last) on (x, y) batches, after `warmup` steps."""
+    dev = next(net.parameters()).device
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    net.train()
+    n, t0 = 0, time.perf_counter()
+    for k, (x, y) in enumerate(batches):
+        if k == warmup:
+            sync(dev)
+            n, t0 = 0, time.perf_counter()
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(net(x.contiguous(memory_format=torch.channels_last)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        n += len(x)
+    sync(dev)
+    return n / (time.perf_counter() - t0)
+
+
+def ndc_train_batches(shard: Path, codec, batch: int, steps: int, dev):
+    """(ŷ - 0, labels) batches decoded on the device from a shard, as `train classifier --input ndc` feeds them."""
+    from nodecode.data.ndc import NdcSymbols
+    samples = read_shard(shard)
+    x = NdcSymbols(samples, codec, dev)
+    labels = torch.tensor([max(s.label or 0, 0) for s in samples], device=dev)
+    for k in range(steps):
+        idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(k))[:batch]
+        yield codec.latent(x[idx]), labels[idx.to(dev)]
+
+
+def jpeg_train_batches(files: list[str], labels: list[int], batch: int, steps: int, dev):
+    """(pixels - 127.5, labels) batches of JPEG files decoded by nvJPEG."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    y = torch.tensor(labels, device=dev)
+    for k in range(steps):
+        idx = [(k * batch + i) % len(files) for i in range(batch)]
+        imgs = decode_jpeg([torch.frombuffer(bytearray(Path(files[i]).read_bytes()), dtype=torch.uint8) for i in idx],
+                           mode=ImageReadMode.RGB, device=dev)
+        yield torch.stack(imgs).float().sub_(127.5), y[idx]
