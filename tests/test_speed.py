@@ -84,7 +84,7 @@ def test_e2e_rows_on_the_cpu(tmp_path):
     timed = [(r["path"], r.get("point"), r["impl"]) for r in rows if "skipped" not in r]
     skipped = [r["path"] for r in rows if "skipped" in r]
     modes = ("optimized-sequential", "optimized-pipelined")
-    assert timed[:4] == [("e2e-ndc-shard-constriction", p, m) for p in ("c8", "c16") for m in modes]
+    assert timed[:4] == [(f"e2e-ndc-{p}-shard-constriction", p, m) for p in ("c8", "c16") for m in modes]
     assert timed[4:8] == [(f"e2e-{k}-files-cpu1", None, m) for k in ("jpeg", "ndc") for m in modes]
     assert [t[0] for t in timed[8:]] == ["train-input cresnet51 <- .ndc shard", "train-input cresnet51 <- synthetic",
                                          "train-input resnet50 <- synthetic"]

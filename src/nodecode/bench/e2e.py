@@ -289,7 +289,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
         def row(infer, impl, mode, point=point, dec=dec, classes=classes):
             r = g.ndc_shard_pass(work / f"{point}.tar", dec, infer, batch, mode == "pipelined")
             keys = r["keys"]
-            return _row(f"e2e-ndc-shard-{dec.backend}", "cresnet51", impl, mode, r, keys, classes, info["bpp"][point],
+            return _row(f"e2e-ndc-{point}-shard-{dec.backend}", "cresnet51", impl, mode, r, keys, classes, info["bpp"][point],
                         batch, point=point, corrupt=r["corrupt"])
         timed(f"e2e-ndc-shard {point}", build, row)
 
