@@ -24,6 +24,14 @@ def test_compress_decompress_roundtrip(tmp_path, photo, capsys):
     assert "bpp" in capsys.readouterr().out
 
 
+def test_model_is_a_deprecated_alias_of_codec(tmp_path, photo, capsys):
+    a, b = tmp_path / "a.ndc", tmp_path / "b.ndc"
+    assert main(["compress", str(photo), "-o", str(a), "--codec", "c16"]) == 0
+    assert main(["compress", str(photo), "-o", str(b), "--model", "c16"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert "nodecode: warning: --model is deprecated here, use --codec" in capsys.readouterr().err
+
+
 def _bad(tmp_path, capsys, argv, expect, leftover):
     code = main(argv)
     err = capsys.readouterr().err
