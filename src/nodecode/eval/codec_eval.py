@@ -9,7 +9,7 @@ import torch
 
 from nodecode.codec.zoo import OPERATING_POINTS, load_codec
 from nodecode.data.images import list_images, load_image, to_tensor, to_uint8
-from nodecode.eval.baselines import CLASSICAL_CODECS, decode, match_bpp
+from nodecode.codec.classical import CLASSICAL_CODECS, decode, match_bpp
 from nodecode.eval.metrics import image_metrics
 from nodecode.utils import pick_device, provenance, write_json
 
