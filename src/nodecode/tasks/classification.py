@@ -10,10 +10,10 @@ images (one process only), which makes a one-process run reproduce an N-process 
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -25,12 +25,13 @@ from nodecode.data.augment import Batches, InputPipeline
 from nodecode.data.classification import load_inputs
 from nodecode.data.folders import scan_image_folder
 from nodecode.data.latents import channel_mean
+from nodecode.config import option
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config
 from nodecode.models.registry import pretrained_cfg
 from nodecode.tasks.checkpoint import save_weights
-from nodecode.tasks.engine import Engine, RunOptions, init_distributed, is_main_process
+from nodecode.tasks.engine import Engine, RunOptions, TrainResult, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-classifier-1"
@@ -38,25 +39,25 @@ FORMAT = "nodecode-classifier-1"
 
 @dataclass
 class ClassifierTrainConfig(RunOptions):
-    data: str                          # folder holding train/ and val/ ImageFolders (e.g. imagenette2-224)
-    out: str
-    model: str = "cresnet51"           # resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent
-    input: str = "latent"              # rgb | decoded | latent | webp
-    codec: str = "c32"                 # operating point (bundled name or codec path) for decoded/latent (webp: its bpp)
-    init: str | None = None            # start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)
-    width: float = 1.0
-    epochs: int = 28
+    data: str = option(help="folder holding train/ and val/ ImageFolders (e.g. imagenette2-224)")
+    out: str = option(help="run folder: checkpoints, logs, classifier.safetensors, summary.json")
+    model: str = option("cresnet51", "architecture: resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent")
+    input: Literal["rgb", "decoded", "latent", "webp"] = option("latent", "what the network sees")
+    codec: str = option("c8", "operating point (name or codec file) for decoded/latent inputs (webp: its default bpp)")
+    init: str | None = option(None, "start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)")
+    width: float = option(1.0, "channel width multiplier")
+    epochs: int = option(28, "training epochs")
     lr_epochs: tuple[int, ...] = (8, 16, 24)
-    batch_size: int = 64               # global, over all processes
-    base_lr: float = 0.025             # at batch 64
+    batch_size: int = option(64, "global batch over all processes; the lr scales linearly from --lr at 64")
+    base_lr: float = option(0.025, "learning rate at batch 64", flag="lr")
     momentum: float = 0.9
     weight_decay: float = 1e-4
     pad: int | None = None             # crop padding; None: side / 7 (32 px RGB, 4 latent px)
     bn_batch: int | None = None        # BatchNorm group size (one process only); None: the per-process batch
-    webp_bpp: float | None = None      # None: the codec's mean real .ndc bpp on the val split
+    webp_bpp: float | None = option(None, "WebP bits per pixel (default: the codec's mean real .ndc bpp on val)")
     train_split: str = "train"
     val_split: str = "val"
-    max_per_class: int | None = None   # a subset, for smoke runs
+    max_per_class: int | None = option(None, "at most this many images per class (a subset, for smoke runs)")
     eval_batch: int = 250
 
 
@@ -131,7 +132,7 @@ def _inputs(folder, kind, codec, webp_bpp, cache_dir):
     return x, torch.from_numpy(folder.labels), info
 
 
-def train_classifier(cfg: ClassifierTrainConfig) -> Path:
+def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
     """Train (or resume) one classifier; writes out/classifier.safetensors (+ .json) and out/summary.json."""
     rank, world, dist_dev = init_distributed()
     device = dist_dev or pick_device(cfg.device)
@@ -198,12 +199,10 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
         return dict(last)
 
     if not engine.fit(batches, step_fn, eval_fn=eval_fn, eval_every=spe):
-        if is_main_process():
-            print(f"stopped at step {engine.step}/{cfg.epochs * spe} (time budget); "
-                  "run the same command again to resume")
-        return out
+        return TrainResult.stopped(engine)
     if not last:  # finished earlier, only the files are missing
         last.update(evaluate(model, val_x, val_y, pipe, cfg.eval_batch), epoch=float(cfg.epochs))
+    summary: dict = {}
     if is_main_process():
         save_classifier(model, out / "classifier.safetensors", meta)
         summary = {"config": asdict(cfg), "world_size": world, "steps": engine.step, "steps_per_epoch": spe,
@@ -211,8 +210,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
                    "minutes": (time.time() - t0) / 60,
                    "checkpoint": meta, **provenance()}
         write_json(out / "summary.json", summary)
-        print(json.dumps({k: last[k] for k in ("top1", "top5", "loss")}))
-    return out
+    return TrainResult(True, out, engine.step, cfg.epochs * spe, summary, {k: last[k] for k in ("top1", "top5", "loss")})
 
 
 def evaluate_classifier(checkpoint: str | Path, data: str | Path, split: str = "val", device=None,
