@@ -18,7 +18,9 @@ def _train_classifier(a):
     train_classifier(ClassifierTrainConfig(
         data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, width=a.width, epochs=a.epochs,
         batch_size=a.batch_size, base_lr=a.lr, webp_bpp=a.webp_bpp, max_per_class=a.max_per_class,
-        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes, init=a.init, checkpoint_every=a.checkpoint_every))
+        cache_dir=a.cache_dir, device=a.device, seed=a.seed, max_minutes=a.max_minutes, init=a.init, checkpoint_every=a.checkpoint_every,
+        recipe=a.recipe, weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
+        augment=a.augment, augment_variants=a.augment_variants, holdout_frac=a.holdout_frac))
 
 
 def _train_joint(a):
@@ -175,9 +177,19 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("--codec", default="c8", help="operating point for decoded/latent (and webp's default bpp)")
     tk.add_argument("--model", default="cresnet51")
     tk.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
-    tk.add_argument("--epochs", type=int, default=28)
-    tk.add_argument("--batch-size", type=int, default=64, help="global batch; lr scales linearly from 0.025 at 64")
-    tk.add_argument("--lr", type=float, default=0.025, help="learning rate at batch 64")
+    tk.add_argument("--recipe", default="paper", choices=["paper", "imagenette"],
+                    help="paper: App. A.4; imagenette: Nesterov, warm-up + cosine, label smoothing, codec augmentation")
+    tk.add_argument("--epochs", type=int, default=None, help="default: the recipe's (28 paper, 40 imagenette)")
+    tk.add_argument("--batch-size", type=int, default=None, help="global batch; default: the recipe's (64, 128)")
+    tk.add_argument("--lr", type=float, default=None,
+                    help="learning rate at the recipe's reference batch (0.025 at 64, 0.2 at 128), scaled linearly")
+    tk.add_argument("--weight-decay", type=float, default=None, help="on weights only (default: the recipe's)")
+    tk.add_argument("--warmup-epochs", type=float, default=None)
+    tk.add_argument("--label-smoothing", type=float, default=None)
+    tk.add_argument("--augment", default=None, choices=["input", "codec"],
+                    help="input: crop/mirror of the network input (App. A.4); codec: RGB crop + mirror, then the codec")
+    tk.add_argument("--augment-variants", type=int, default=0, help="codec augmentation: K variants per image (0: on the fly)")
+    tk.add_argument("--holdout-frac", type=float, default=None, help="evaluate on this part of train held out (not val)")
     tk.add_argument("--webp-bpp", type=float, default=None)
     tk.add_argument("--max-per-class", type=int, default=None)
     tk.add_argument("--init", default=None, help="start from this classifier checkpoint")

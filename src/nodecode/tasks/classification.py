@@ -1,9 +1,12 @@
-"""Classification from compressed representations or (decoded) RGB: the training recipe of §4.4 / App. A.4.
+"""Classification from compressed representations or (decoded) RGB (§4.4), under a recipe of tasks.recipe.
 
-SGD, momentum 0.9, weight decay 1e-4 on conv and fc weights (not on BN parameters or biases, as Slim's
-resnet_arg_scope), lr 0.025 at batch 64 scaled linearly with the global batch (Goyal et al. 2017), divided by 10
-at epochs 8, 16 and 24 of 28 (the 3.75x faster schedule), cross-entropy, inputs from data.classification and
-data.augment. The codec is frozen: its symbols / reconstructions are computed once and cached.
+`paper` (the default) is App. A.4: SGD, momentum 0.9, weight decay 1e-4 on conv and fc weights (not on BN parameters
+or biases, as Slim's resnet_arg_scope), lr 0.025 at batch 64 scaled linearly with the global batch (Goyal et al.
+2017), divided by 10 at epochs 8, 16 and 24 of 28 (the 3.75x faster schedule), cross-entropy, crop and mirror of the
+cached network inputs (data.augment). `imagenette` is the issue-12 recipe (Nesterov, warm-up + cosine, label
+smoothing, augmentation in RGB then through the frozen codec: data.codec_augment). The codec is frozen: symbols /
+reconstructions of whole images are computed once and cached; the codec augmentation encodes every step (or K
+variants per image once). With holdout_frac the run is evaluated on a held-out part of train, never on val.
 
 BatchNorm statistics are per forward pass: per process by default (plain DDP), or over groups of `bn_batch`
 images (one process only), which makes a one-process run reproduce an N-process DDP run with the same global batch.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -22,8 +25,9 @@ import torch.nn.functional as F
 from nodecode import zoo
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import Batches, InputPipeline
-from nodecode.data.classification import load_inputs
-from nodecode.data.folders import scan_image_folder
+from nodecode.data.classification import holdout_split, load_inputs
+from nodecode.data.codec_augment import CodecAugmentBatches
+from nodecode.data.folders import SIZE, scan_image_folder
 from nodecode.data.latents import channel_mean
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
@@ -31,6 +35,7 @@ from nodecode.models import create_model, get_config
 from nodecode.models.registry import pretrained_cfg
 from nodecode.tasks.checkpoint import save_weights
 from nodecode.tasks.engine import Engine, RunOptions, init_distributed, is_main_process
+from nodecode.tasks.recipe import Recipe, get_recipe, sgd
 from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-classifier-1"
@@ -45,12 +50,25 @@ class ClassifierTrainConfig(RunOptions):
     codec: str = "c32"                 # operating point (bundled name or codec path) for decoded/latent (webp: its bpp)
     init: str | None = None            # start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)
     width: float = 1.0
-    epochs: int = 28
-    lr_epochs: tuple[int, ...] = (8, 16, 24)
-    batch_size: int = 64               # global, over all processes
-    base_lr: float = 0.025             # at batch 64
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    recipe: str = "paper"              # paper (App. A.4) | imagenette (tasks.recipe); the fields below left at None
+    epochs: int | None = None          #   take the recipe's values
+    lr_epochs: tuple[int, ...] | None = None   # step schedule: lr ÷10 at these epochs
+    batch_size: int | None = None      # global, over all processes
+    base_lr: float | None = None       # at the recipe's reference batch (64 paper, 128 imagenette), scaled linearly
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None  # on conv / fc weights only, never on norms or biases
+    schedule: str | None = None        # step | cosine (after the warm-up)
+    warmup_epochs: float | None = None # linear lr warm-up
+    label_smoothing: float | None = None
+    augment: str | None = None         # input: crop + mirror of the network input itself (App. A.4: a mirrored latent)
+                                       # | codec: RGB random-resized crop + true mirror, then through the frozen codec
+    scale: tuple[float, float] | None = None   # codec augmentation: crop area fraction range (0.35, 1)
+    ratio: tuple[float, float] | None = None   # codec augmentation: crop aspect ratio range (3/4, 4/3)
+    augment_variants: int = 0          # codec augmentation: 0 on the fly, K: K augmented variants per image made once
+    codec_amp: bool = True             # codec augmentation: bf16 autocast for its encoder / decoder on CUDA
+    holdout_frac: float | None = None  # evaluate on this fraction of train (per class, by seed) held out, not on val
+    image_size: int = 224              # images are decoded to this square (smaller only for smoke runs)
     pad: int | None = None             # crop padding; None: side / 7 (32 px RGB, 4 latent px)
     bn_batch: int | None = None        # BatchNorm group size (one process only); None: the per-process batch
     webp_bpp: float | None = None      # None: the codec's mean real .ndc bpp on the val split
@@ -58,6 +76,11 @@ class ClassifierTrainConfig(RunOptions):
     val_split: str = "val"
     max_per_class: int | None = None   # a subset, for smoke runs
     eval_batch: int = 250
+
+    def recipe_values(self) -> Recipe:
+        """The named recipe with this config's non-None fields in its place (tasks.recipe)."""
+        return get_recipe(self.recipe).with_overrides(**{f.name: getattr(self, f.name) for f in fields(Recipe)
+                                                         if f.name != "lr_batch"})
 
 
 def check_kind(model: str, kind: str) -> None:
@@ -126,9 +149,25 @@ def load_classifier(path: str | Path, device=None) -> tuple[torch.nn.Module, dic
     return model, cfg.to_meta()
 
 
-def _inputs(folder, kind, codec, webp_bpp, cache_dir):
-    x, info = load_inputs(folder, kind, codec, webp_bpp, cache_dir)
+def _inputs(folder, kind, codec, webp_bpp, cache_dir, size=SIZE):
+    x, info = load_inputs(folder, kind, codec, webp_bpp, cache_dir, size=size)
     return x, torch.from_numpy(folder.labels), info
+
+
+def _train_eval_sets(cfg: ClassifierTrainConfig, rec: Recipe, codec, webp_bpp, train_f):
+    """((train inputs, labels, RGB images for the codec augmentation or None), (eval inputs, labels, info), eval
+    name): the eval set is val, or with holdout_frac the held-out part of train (val is then never read)."""
+    root = Path(cfg.data)
+    x, y, info = _inputs(train_f, cfg.input, codec, webp_bpp, cfg.cache_dir, cfg.image_size)
+    rgb = None
+    if rec.augment == "codec":
+        rgb = x if cfg.input == "rgb" else _inputs(train_f, "rgb", None, None, cfg.cache_dir, cfg.image_size)[0]
+    if cfg.holdout_frac:
+        kept, held = (torch.from_numpy(i) for i in holdout_split(train_f.labels, cfg.holdout_frac, cfg.seed))
+        return ((x[kept], y[kept], rgb[kept] if rgb is not None else None), (x[held], y[held], info),
+                f"holdout-{cfg.holdout_frac:g}")
+    val_f = scan_image_folder(root / cfg.val_split, classes=train_f.classes, max_per_class=cfg.max_per_class)
+    return (x, y, rgb), _inputs(val_f, cfg.input, codec, webp_bpp, cfg.cache_dir, cfg.image_size), cfg.val_split
 
 
 def train_classifier(cfg: ClassifierTrainConfig) -> Path:
@@ -136,8 +175,11 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     rank, world, dist_dev = init_distributed()
     device = dist_dev or pick_device(cfg.device)
     check_kind(cfg.model, cfg.input)
-    if cfg.bn_batch and world > 1 and cfg.bn_batch != cfg.batch_size // world:
+    rec = cfg.recipe_values()
+    if cfg.bn_batch and world > 1 and cfg.bn_batch != rec.batch_size // world:
         raise NodecodeError("under DDP, bn_batch must be unset or equal to the per-process batch")
+    if rec.augment == "codec" and cfg.input == "webp":
+        raise NodecodeError("augmentation through the codec has no webp arm (use --augment input for webp)")
     torch.manual_seed(cfg.seed)
     out, root, t0 = Path(cfg.out), Path(cfg.data), time.time()
     use_codec = needs_codec(cfg.input) or (cfg.input == "webp" and not cfg.webp_bpp)
@@ -145,19 +187,23 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     if world > 1 and rank != 0:
         dist.barrier()          # rank 0 fills the cache first
     train_f = scan_image_folder(root / cfg.train_split, max_per_class=cfg.max_per_class)
-    val_f = scan_image_folder(root / cfg.val_split, classes=train_f.classes, max_per_class=cfg.max_per_class)
     webp_bpp = cfg.webp_bpp
     if cfg.input == "webp" and not webp_bpp:
-        webp_bpp = load_inputs(val_f, "latent", codec, cache_dir=cfg.cache_dir)[1]["bpp"]
-    train_x, train_y, _ = _inputs(train_f, cfg.input, codec, webp_bpp, cfg.cache_dir)
-    val_x, val_y, val_info = _inputs(val_f, cfg.input, codec, webp_bpp, cfg.cache_dir)
+        val_f = scan_image_folder(root / cfg.val_split, classes=train_f.classes, max_per_class=cfg.max_per_class)
+        webp_bpp = load_inputs(val_f, "latent", codec, cache_dir=cfg.cache_dir, size=cfg.image_size)[1]["bpp"]
+    (train_x, train_y, train_rgb), (val_x, val_y, val_info), eval_on = _train_eval_sets(cfg, rec, codec, webp_bpp,
+                                                                                        train_f)
     if world > 1 and rank == 0:
         dist.barrier()
     train_x, val_x = train_x.to(device), val_x.to(device)
     mean = channel_mean(train_x, cfg.input, codec)
     cuda = device.type == "cuda"
     pipe = InputPipeline(cfg.input, mean, codec, cfg.pad, channels_last=cuda)
-    batches = Batches(train_x, train_y, pipe, cfg.batch_size, cfg.seed, rank, world)
+    if rec.augment == "codec":
+        batches = CodecAugmentBatches(train_rgb.to(device), train_y, pipe, rec.batch_size, cfg.input, codec, cfg.seed,
+                                      rank, world, rec.scale, rec.ratio, cfg.augment_variants, cfg.amp and cfg.codec_amp)
+    else:
+        batches = Batches(train_x, train_y, pipe, rec.batch_size, cfg.seed, rank, world)
     spe = batches.steps_per_epoch
 
     model = create_model(cfg.model, in_channels=train_x.shape[1], num_classes=len(train_f.classes),
@@ -171,26 +217,24 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                                 {"params": rest, "weight_decay": 0.0}],
-                                lr=cfg.base_lr * cfg.batch_size / 64, momentum=cfg.momentum)
+    optimizer = sgd(model, rec)
     meta = {"model": cfg.model, "width": cfg.width, "input": cfg.input, "in_channels": int(train_x.shape[1]),
             "codec": cfg.codec if codec is not None and cfg.input != "webp" else None,
             "codec_name": codec.config.name if codec is not None and cfg.input != "webp" else None,
             "webp_bpp": webp_bpp, "classes": train_f.classes, "class_names": train_f.names,
-            "mean": mean.tolist(), "pixel_scale": 255, "size": list(train_x.shape[2:])}
-    engine = Engine(model, optimizer, cfg.engine_config(out, cfg.epochs * spe, log_every=min(cfg.log_every, spe),
+            "mean": mean.tolist(), "pixel_scale": 255, "size": list(train_x.shape[2:]), "image_size": cfg.image_size}
+    del train_x
+    total = rec.epochs * spe
+    engine = Engine(model, optimizer, cfg.engine_config(out, total, log_every=min(cfg.log_every, spe),
                                                          checkpoint_every_s=300),
-                    lr_at=lambda s: 0.1 ** sum(s >= e * spe for e in cfg.lr_epochs), meta={"config": asdict(cfg)})
-    bn = cfg.bn_batch or cfg.batch_size // world
+                    lr_at=lambda s: rec.lr_factor(s, spe), meta={"config": asdict(cfg), "recipe": asdict(rec)})
+    bn = cfg.bn_batch or rec.batch_size // world
     last: dict = {}
 
     def step_fn(net, batch):
         x, y = batch
         logits = net(x) if bn >= len(x) else torch.cat([net(c) for c in x.split(bn)])
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=rec.label_smoothing)
         return loss, {"top1": (logits.argmax(1) == y).float().mean()}
 
     def eval_fn(m, step):
@@ -199,15 +243,16 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
 
     if not engine.fit(batches, step_fn, eval_fn=eval_fn, eval_every=spe):
         if is_main_process():
-            print(f"stopped at step {engine.step}/{cfg.epochs * spe} (time budget); "
+            print(f"stopped at step {engine.step}/{total} (time budget); "
                   "run the same command again to resume")
         return out
     if not last:  # finished earlier, only the files are missing
-        last.update(evaluate(model, val_x, val_y, pipe, cfg.eval_batch), epoch=float(cfg.epochs))
+        last.update(evaluate(model, val_x, val_y, pipe, cfg.eval_batch), epoch=float(rec.epochs))
     if is_main_process():
         save_classifier(model, out / "classifier.safetensors", meta)
-        summary = {"config": asdict(cfg), "world_size": world, "steps": engine.step, "steps_per_epoch": spe,
-                   "train_images": len(train_x), "val": last, "input_info": val_info,
+        summary = {"config": asdict(cfg), "recipe": asdict(rec), "world_size": world, "steps": engine.step,
+                   "steps_per_epoch": spe, "train_images": len(batches.data), "val": last, "eval_on": eval_on,
+                   "input_info": val_info,
                    "minutes": (time.time() - t0) / 60,
                    "checkpoint": meta, **provenance()}
         write_json(out / "summary.json", summary)
@@ -223,7 +268,7 @@ def evaluate_classifier(checkpoint: str | Path, data: str | Path, split: str = "
     root = Path(data) / split if (Path(data) / split).is_dir() else Path(data)
     folder = scan_image_folder(root, classes=meta["classes"])
     codec = load_codec(meta["codec"], dev) if needs_codec(meta["input"]) else None
-    x, y, info = _inputs(folder, meta["input"], codec, meta.get("webp_bpp"), cache_dir)
+    x, y, info = _inputs(folder, meta["input"], codec, meta.get("webp_bpp"), cache_dir, meta.get("image_size", SIZE))
     pipe = InputPipeline(meta["input"], torch.tensor(meta["mean"]), codec)
     res = evaluate(model, x, y, pipe, batch)
     return {**res, "input": meta["input"], "bpp": info.get("bpp"), "data": str(root), "checkpoint": str(checkpoint)}
