@@ -130,3 +130,10 @@ def test_train_imagenette_recipe_on_holdout(folder, tmp_path):
     assert s["recipe"]["augment"] == "codec" and s["steps"] == 4
     with pytest.raises(Exception, match="webp"):
         train_classifier(ClassifierTrainConfig(**{**cfg.__dict__, "input": "webp", "out": str(tmp_path / "w")}))
+
+
+def test_augment_speed_bench_rows():
+    from nodecode.bench.augment_speed import augment_speed, format_rows
+    rows = augment_speed("c8", "cpu", batch=2, iters=1, warmup=0, size=32, kinds=("rgb", "latent"), variants=2)
+    assert [r["arm"] for r in rows] == ["rgb", "latent"] and all(r["img_per_s"] > 0 for r in rows)
+    assert rows[1]["variants_s"] == pytest.approx(2 * rows[1]["epoch_s"]) and "| latent | c8 |" in format_rows(rows)

@@ -118,6 +118,12 @@ def _bench_speed(a):
             a.kodak_limit, a.cpu_images)
 
 
+def _bench_augment(a):
+    from nodecode.bench.augment_speed import augment_speed, format_rows
+    rows = augment_speed(a.codec, a.device, a.batch, a.iters, amp=not a.no_amp, size=a.size, variants=a.variants)
+    print(json.dumps(rows, indent=2) if a.json else format_rows(rows))
+
+
 def _demo(a):
     from nodecode.demo import run_demo
     run_demo(a.data, a.out, device=a.device, imagenette=a.imagenette, camvid=a.camvid)
@@ -338,6 +344,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--kodak-limit", type=int, default=None)
     bs.add_argument("--cpu-images", type=int, default=3, help="Kodak images timed on one CPU core")
     bs.set_defaults(fn=_bench_speed)
+    ba = b.add_parser("augment", help="cost of the augmentation through the codec: img/s of crop + encode (+ decode)")
+    ba.add_argument("--codec", default="c8")
+    ba.add_argument("--device", default=None)
+    ba.add_argument("--batch", type=int, default=128)
+    ba.add_argument("--iters", type=int, default=10)
+    ba.add_argument("--size", type=int, default=224)
+    ba.add_argument("--variants", type=int, default=8, help="K, for the one-off cost of K cached variants per image")
+    ba.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast on CUDA")
+    ba.add_argument("--json", action="store_true")
+    ba.set_defaults(fn=_bench_augment)
     from nodecode.archive.cli import add_commands
     add_commands(sub)
     return p
