@@ -43,7 +43,7 @@ def _train_segmenter(a):
     train_segmenter(SegmenterTrainConfig(
         data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, init=a.init, width=a.width,
         iters=a.iters, batch_size=a.batch_size, limit=a.limit, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
-        max_minutes=a.max_minutes, checkpoint_every=a.checkpoint_every))
+        max_minutes=a.max_minutes, checkpoint_every=a.checkpoint_every, augment=a.augment))
 
 
 def _eval_segmenter(a):
@@ -239,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     ts.add_argument("--iters", type=int, default=None, help="default: the paper's 18.9 epochs (694 on CamVid)")
     ts.add_argument("--batch-size", type=int, default=10)
     ts.add_argument("--limit", type=int, default=None, help="first N frames of each split")
+    ts.add_argument("--augment", default="input", choices=["input", "codec"],
+                    help="input: crop/mirror of the cached input; codec: crop + true mirror in RGB, then the codec")
     ts.add_argument("--cache-dir", default=None)
     ts.add_argument("--max-minutes", type=float, default=None)
     ts.add_argument("--device", default=None)
