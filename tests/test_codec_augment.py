@@ -124,8 +124,10 @@ def test_train_imagenette_recipe_on_holdout(folder, tmp_path):
     cfg = ClassifierTrainConfig(data=str(folder), out=str(tmp_path / "r"), model="resnet50", input="rgb", width=0.125,
                                 recipe="imagenette", epochs=2, batch_size=4, holdout_frac=0.25, image_size=64,
                                 cache_dir=str(tmp_path / "cache"), log_every=1, progress=False, eval_batch=4)
-    train_classifier(cfg)
-    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    r = train_classifier(cfg)
+    s = r.summary
+    assert r.finished and r.step == r.total_steps == 4 and r.metrics["top1"] == s["val"]["top1"]
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["eval_on"] == s["eval_on"]
     assert s["eval_on"] == "holdout-0.25" and s["val"]["n"] == 3 and s["train_images"] == 9
     assert s["recipe"]["augment"] == "codec" and s["steps"] == 4
     with pytest.raises(Exception, match="webp"):

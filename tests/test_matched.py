@@ -36,6 +36,13 @@ def test_matched_smoke_runs_resumes_and_reports(tmp_path):
     assert "| c8 | 0.25 | latent | cresnet51 |" in out
     again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train
     assert "start " not in again and again.strip().endswith("8 runs finished; 0 left")
+    k = "c8-latent-cresnet51-w0.25-s1"                # its result lost: the job resumes at its end, TrainResult finished
+    state = tmp_path / "state" / "runs.json"
+    state.write_text(json.dumps({n: r for n, r in json.loads(state.read_text()).items() if n != k}))
+    third = _run("run", tmp=tmp_path)
+    assert third.count("start ") == 1 and f"start {k}" in third and third.strip().endswith("8 runs finished; 0 left")
+    redone = json.loads((tmp_path / "out" / "runs.json").read_text())[k]
+    assert {**redone, "minutes": 0} == {**runs[k], "minutes": 0} and redone["steps"] == 3    # 12 images / batch 4
     search = _run("search", "--variants", "ls0", "--holdout-frac", "0.25", tmp=tmp_path)
     row = json.loads((tmp_path / "out" / "search.json").read_text())["search-ls0"]
     assert row["eval_on"] == "holdout-0.25" and row["recipe"]["label_smoothing"] == 0 and "| ls0 |" in search

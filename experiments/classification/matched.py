@@ -3,7 +3,9 @@
 Grid: {ResNet-50 on decoded RGB, cResNet-51 and cResNet-39 on the latent, ResNet-50 on original RGB} x widths x
 operating points x seeds, every arm under the same recipe (default `imagenette`: augmentation through the codec).
 Jobs run in order c8 (with the RGB rows) -> c16 -> c32, seed by seed, each a subprocess on its own GPU
-(CUDA_VISIBLE_DEVICES); a job stops itself before the budget with a checkpoint and resumes in the next call.
+(nodecode.experiments.run_jobs); a job stops itself before the budget with a checkpoint and resumes in the next
+call. A job hands its TrainResult back as its exit code (0 finished, STOPPED on the budget) and, finished, its
+runs.json row in RUN/result.json; the parent alone writes runs.json.
 
   run      the grid, resumably: finished runs in STATE/runs.json (merged with --done), run folders in STATE/runs;
            writes runs.json, matched.json (Table 2 rows with mean ± std, Fig. 6 points) and matched.md to --out
@@ -12,21 +14,19 @@ Jobs run in order c8 (with the RGB rows) -> c16 -> c32, seed by seed, each a sub
   bench    the augmentation's cost (img/s of crop + encode / + decode) on this device, to --out/bench.json
 --smoke: a few Imagenette images per class at 64 px, one width, one point, two seeds, one epoch: seconds on a CPU.
 
-GPU call (resumes; 4 GPUs -> 4 jobs side by side):
+GPU call (resumes; 4 GPUs -> 4 jobs side by side; PYTHONPATH=src as experiments/device/call.sh sets it):
   python experiments/classification/matched.py run --data /root/data/imagenette2-224 --budget-minutes 9
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "experiments")]
-
-from runs import Budget, Job, Runs, mean_std, schedule, slots  # noqa: E402
+from nodecode.experiments import (ROOT, Budget, Runs, experiment_parser, markdown_table, mean_std, pyplot,
+                                  python_argv, run_jobs, save_figure, visible_gpus)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original RGB, judged on the held-out split
@@ -35,6 +35,7 @@ SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original 
     "b64": {"batch_size": 64}, "scale0.2": {"scale": [0.2, 1.0]}, "inputaug": {"augment": "input"},
 }
 SMOKE_CLASSES = ["n01440764", "n02102040", "n02979186"]
+STOPPED = 75            # a job's exit code when it stopped on its budget (checkpointed: the next call resumes it)
 
 
 def key(point: str, kind: str, model: str, width: float, seed: int) -> str:
@@ -76,29 +77,40 @@ def config(a, run_dir: Path, point: str, kind: str, model: str, width: float, se
     return cfg
 
 
-def job(a, k: str, cfg: dict, budget: Budget) -> Job:
-    """A subprocess training `cfg`, told to stop (checkpointed) `margin` minutes before the budget ends."""
-    cfg = {**cfg, "max_minutes": max(budget.left() - a.margin, 0.1)}
-    return Job(k, [sys.executable, __file__, "job", json.dumps(cfg)], Path(a.state) / "logs" / f"{k}.log")
+def job(a, k: str, cfg: dict, budget: Budget) -> tuple[str, list[str]]:
+    """A subprocess training `cfg` that stops (checkpointed) `margin` minutes before the budget ends, whenever it
+    starts."""
+    stop_at = budget.t0 + 60 * (budget.minutes - a.margin)
+    return k, python_argv(__file__, "job", json.dumps({"config": cfg, "stop_at": stop_at}))
 
 
-def finished(run_dir: Path, meta: dict) -> dict | None:
-    """runs.json row of a finished run folder (None if it stopped on its budget)."""
-    p = run_dir / "summary.json"
-    if not p.exists():
-        return None
-    s = json.loads(p.read_text())
-    return {**meta, "val": s["val"], "eval_on": s.get("eval_on", "val"), "recipe": s.get("recipe"),
-            "minutes": s["minutes"], "device": s.get("device"), "steps": s["steps"]}
+def result_row(r) -> dict:
+    """The runs.json row of a finished run's TrainResult."""
+    s = r.summary
+    return {"val": s["val"], "eval_on": s.get("eval_on", "val"), "recipe": s.get("recipe"), "minutes": s["minutes"],
+            "device": s.get("device"), "steps": r.step}
+
+
+def stage_job(spec: dict) -> int:
+    """Train one config (a subprocess of run_jobs): its TrainResult as the exit code, the row in RUN/result.json."""
+    import time
+    from nodecode.tasks.classification import ClassifierTrainConfig, train_classifier
+    from nodecode.utils import write_json
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items()}
+    r = train_classifier(ClassifierTrainConfig(**cfg, max_minutes=max((spec["stop_at"] - time.time()) / 60, 0.1)))
+    if not r.finished:
+        return STOPPED
+    write_json(r.out / "result.json", result_row(r))
+    return 0
 
 
 def prepare(a, points: list[str]) -> None:
     """Fill the decode-once caches (RGB, and latent + decoded per point) in one process before the jobs share them."""
-    import subprocess
     cfg = {"data": a.data, "cache": a.cache, "limit": a.limit, "size": a.image_size, "points": points,
            "holdout": a.stage == "search"}
-    subprocess.run([sys.executable, __file__, "prepare", json.dumps(cfg)], check=True,
-                   env={**os.environ, "CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]})
+    gpus = visible_gpus()[:1]
+    subprocess.run(python_argv(__file__, "prepare", json.dumps(cfg)), check=True,
+                   env={**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus else {})})
 
 
 def _prepare(cfg: dict) -> None:
@@ -117,8 +129,8 @@ def _prepare(cfg: dict) -> None:
                 load_inputs(f, kind, codec, cache_dir=cfg["cache"], size=cfg["size"])
 
 
-def run_jobs(a, todo: list[tuple[str, dict, dict]], runs: Runs) -> list[str]:
-    """Schedule (key, config, row meta) over the slots within the budget; returns the keys left for the next call."""
+def run_grid(a, todo: list[tuple[str, dict, dict]], runs: Runs) -> list[str]:
+    """Run (key, config, row meta) over the GPUs (or CPU slots) within the budget; the keys left for the next call."""
     budget = Budget(a.budget_minutes)
     todo = [t for t in todo if t[0] not in runs]
     if not todo:
@@ -126,51 +138,53 @@ def run_jobs(a, todo: list[tuple[str, dict, dict]], runs: Runs) -> list[str]:
     prepare(a, sorted({t[2]["point"] for t in todo if t[2]["input"] != "rgb"}, key=POINT_ORDER.index))
     meta = {t[0]: t for t in todo}
 
-    def done(j: Job, rc: int) -> None:
-        k, cfg, m = meta[j.key]
-        row = finished(Path(cfg["out"]), m)
-        print(f"  {k}: " + (f"top-1 {100 * row['val']['top1']:.2f}" if row else f"stopped (rc {rc}), resumes next call"),
-              flush=True)
-        if row:
-            runs.add(k, row)
+    def done(k: str, rc: int) -> None:
+        _, cfg, m = meta[k]
+        if rc == 0:
+            row = runs.record(k, {**m, **json.loads((Path(cfg["out"]) / "result.json").read_text())})
+            print(f"  {k}: top-1 {100 * row['val']['top1']:.2f}", flush=True)
+        else:
+            print(f"  {k}: " + ("stopped on the budget" if rc == STOPPED else f"failed (rc {rc}, see its log)")
+                  + ", resumes next call", flush=True)
 
-    jobs = [job(a, k, cfg, budget) for k, cfg, _ in todo]
-    left = schedule(jobs, slots(a.gpus, a.cpu_jobs, a.per_gpu), budget, done, min_start=a.min_start)
-    return [j.key for j in left] + [k for k, cfg, _ in todo if k not in runs and k not in {j.key for j in left}]
+    gpus = visible_gpus()[: a.gpus]
+    run_jobs([job(a, k, cfg, budget) for k, cfg, _ in todo], gpus=gpus, per_gpu=a.per_gpu if gpus else a.cpu_jobs,
+             log_dir=Path(a.state) / "logs", budget=budget, min_start=a.min_start, on_done=done,
+             env={} if gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return [k for k, _, _ in todo if k not in runs]
 
 
 POINT_ORDER = ["c8", "c16", "c32"]
 
 
 def stage_run(a) -> None:
-    runs = Runs(Path(a.state) / "runs.json", Path(a.done) if a.done else None)
+    runs = Runs(Path(a.state) / "runs.json", merge=[a.done] if a.done else [])
     todo = [(k, config(a, Path(a.state) / "runs" / k, p, kind, m, w, s),
              {"point": p if kind != "rgb" else "none", "input": kind, "model": m, "width": w, "seed": s})
             for k, p, kind, m, w, s in grid(a)]
-    left = run_jobs(a, todo, runs)
+    left = run_grid(a, todo, runs)
     report(a, runs, Path(a.out))
-    print(f"{len(runs.rows)} runs finished; {len(left)} left" + (f" (next: {left[0]})" if left else ""))
+    print(f"{len(runs)} runs finished; {len(left)} left" + (f" (next: {left[0]})" if left else ""))
 
 
 def stage_search(a) -> None:
-    runs = Runs(Path(a.state) / "search.json", None)
+    runs = Runs(Path(a.state) / "search.json")
     width = a.widths[-1]
     todo = [(f"search-{name}", config(a, Path(a.state) / "search" / name, "c8", "rgb", "resnet50", width, 0,
                                       holdout_frac=a.holdout_frac, **ov),
              {"variant": name, "overrides": ov, "point": "none", "input": "rgb", "width": width})
             for name, ov in SEARCH.items() if not a.variants or name in a.variants]
-    left = run_jobs(a, todo, runs)
-    rows = sorted(runs.rows.values(), key=lambda r: -r["val"]["top1"])
-    Path(a.out).mkdir(parents=True, exist_ok=True)
+    left = run_grid(a, todo, runs)
+    rows = sorted((r for _, r in runs.items()), key=lambda r: -r["val"]["top1"])
     runs.save(Path(a.out) / "search.json")
     print(f"recipe search ({a.recipe} + variant), ResNet-50 w{width:g} on RGB, held-out {a.holdout_frac:g} of train; "
           f"{len(left)} variants left")
-    print("| variant | overrides | holdout top-1 | minutes |\n|---|---|---:|---:|")
-    for r in rows:
-        print(f"| {r['variant']} | {json.dumps(r['overrides'])} | {100 * r['val']['top1']:.2f} | {r['minutes']:.1f} |")
+    print(markdown_table(["variant", "overrides", "holdout top-1", "minutes"],
+                         [(r["variant"], json.dumps(r["overrides"]), f"{100 * r['val']['top1']:.2f}",
+                           f"{r['minutes']:.1f}") for r in rows], align="llrr"))
 
 
-def table(rows: dict) -> tuple[list[dict], list[str]]:
+def table(rows: dict) -> tuple[list[dict], str]:
     """Table 2 at matched width (mean ± std over seeds) with GMACs (bench.flops), and its Markdown."""
     from nodecode.bench.flops import codec_rows, model_gmacs
     dec = {int(r["model"].split("=")[1].rstrip(")")): r["gmacs"] for r in codec_rows() if r["model"].startswith("decoder")}
@@ -188,37 +202,33 @@ def table(rows: dict) -> tuple[list[dict], list[str]]:
                     "top5": t5, "top5_std": s5, "seeds": sorted(r["seed"] for r in rs), "gmacs": g,
                     "gmacs_with_decoder": g + dec[c] if kind == "decoded" else g,
                     "devices": sorted({str(r.get("device")) for r in rs}), "eval_on": rs[0].get("eval_on", "val")})
-    lines = ["| point | width | input | model | top-1 | top-5 | seeds | GMACs | Δ top-1 vs decoded |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|"]
     ref = {(r["point"], r["width"]): r["top1"] for r in out if r["input"] == "decoded"}
+    cells = []
     for r in out:
         d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
-        delta = "–" if d is None else f"{r['top1'] - d:+.2f}"
-        lines.append(f"| {r['point']} | {r['width']:g} | {r['input']} | {r['model']} | {r['top1']:.2f} ± {r['top1_std']:.2f} "
-                     f"| {r['top5']:.2f} ± {r['top5_std']:.2f} | {len(r['seeds'])} | {r['gmacs']:.2f} | "
-                     f"{delta} |")
-    return out, lines
+        cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], f"{r['top1']:.2f} ± {r['top1_std']:.2f}",
+                      f"{r['top5']:.2f} ± {r['top5_std']:.2f}", len(r["seeds"]), f"{r['gmacs']:.2f}",
+                      "–" if d is None else f"{r['top1'] - d:+.2f}"))
+    return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", "seeds", "GMACs",
+                                "Δ top-1 vs decoded"], cells, align="lrllrrrrr")
 
 
 def report(a, runs: Runs, out: Path, plot: bool = False) -> None:
     """runs.json, matched.json (Table 2 rows, Fig. 6 points) and matched.md in `out`; the table printed last."""
-    out.mkdir(parents=True, exist_ok=True)
     runs.save(out / "runs.json")
-    rows, lines = table(runs.rows)
+    rows, md = table(runs.done)
     fig6 = [{k: r[k] for k in ("point", "input", "model", "width", "gmacs", "gmacs_with_decoder", "top1", "top1_std")}
             for r in rows]
     (out / "matched.json").write_text(json.dumps({"recipe": a.recipe, "overrides": overrides(a), "table2": rows,
                                                   "fig6": fig6}, indent=1) + "\n")
-    (out / "matched.md").write_text("\n".join(lines) + "\n")
+    (out / "matched.md").write_text(md + "\n")
     if plot and rows:
         plot_fig6(fig6, out / "fig6_acc_vs_gmacs.png")
-    print("\n".join(lines))
+    print(md)
 
 
 def plot_fig6(points: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     pts = [p for p in POINT_ORDER if any(r["point"] == p for r in points)]
     fig, axes = plt.subplots(1, len(pts), figsize=(5 * len(pts), 4), sharey=True, squeeze=False)
     for ax, point in zip(axes[0], pts):
@@ -231,7 +241,7 @@ def plot_fig6(points: list[dict], path: Path) -> None:
         ax.set_xscale("log"); ax.set_title(point); ax.set_xlabel("GMACs (network only)"); ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("val top-1 [%]")
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    save_figure(fig, path)
 
 
 def stage_collect(a) -> None:
@@ -261,8 +271,7 @@ def smoke_data(state: Path) -> Path:
 
 
 def parse(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("stage", choices=["run", "search", "collect", "bench", "job", "prepare"])
+    ap = experiment_parser(__doc__, budget_minutes=9.0, stages=("run", "search", "collect", "bench", "job", "prepare"))
     ap.add_argument("config", nargs="?", help="job / prepare: the JSON config (internal)")
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--cache", default="/root/cache")
@@ -279,7 +288,6 @@ def parse(argv=None):
     ap.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
     ap.add_argument("--per-gpu", type=int, default=1, help="jobs side by side on one GPU")
     ap.add_argument("--cpu-jobs", type=int, default=1, help="parallel jobs without a GPU")
-    ap.add_argument("--budget-minutes", type=float, default=9.0)
     ap.add_argument("--margin", type=float, default=1.0, help="minutes a job stops before the budget (loading, saving)")
     ap.add_argument("--min-start", type=float, default=2.0, help="no job starts with fewer minutes left")
     ap.add_argument("--limit", type=int, default=None, help="images per class")
@@ -304,10 +312,7 @@ def parse(argv=None):
 def main(argv=None) -> None:
     a = parse(argv)
     if a.stage == "job":
-        from nodecode.tasks.classification import ClassifierTrainConfig, train_classifier
-        cfg = json.loads(a.config)
-        train_classifier(ClassifierTrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-        return
+        sys.exit(stage_job(json.loads(a.config)))
     if a.stage == "prepare":
         return _prepare(json.loads(a.config))
     {"run": stage_run, "search": stage_search, "collect": stage_collect, "bench": stage_bench}[a.stage](a)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from nodecode.bench.flops import count_macs, model_gmacs
 from nodecode.bench.fuse import GraphRunner, fold_bn, maybe_graph
+from nodecode.config import option
 from nodecode.errors import NodecodeError
 
 IMPLS = ("eager-fp32", "eager-bf16", "optimized", "compiled")
@@ -26,20 +28,22 @@ SEG_MODELS = ("resnet50_d", "resnet71_d", "cresnet39_d", "cresnet51_d", "cresnet
 
 @dataclass
 class SpeedConfig:
-    device: str = "cuda"
-    models: tuple = CLS_MODELS + SEG_MODELS + ("resnet50+decoder", "resnet71+decoder")
-    impls: tuple = IMPLS
-    batch: int = 256                 # classification (Fig. 12)
-    seg_batch: int = 20              # -d networks, 320x320 / 40x40
-    latent_channels: int = 8         # C of the c8 operating point (Fig. 12's point)
+    device: Literal["cuda", "cpu"] = option("cuda", "where the networks are timed")
+    models: tuple[str, ...] = option(CLS_MODELS + SEG_MODELS + ("resnet50+decoder", "resnet71+decoder"),
+                                     "networks timed (comma list)")
+    impls: tuple[str, ...] = option(IMPLS, "implementations timed (comma list)")
+    batch: int = option(256, "classification batch (Fig. 12)")
+    seg_batch: int = option(20, "-d networks' batch, 320x320 / 40x40")
+    latent_channels: int = option(8, "latent C (bundled codec cC; Fig. 12's point is c8)", flag="channels")
     num_classes: int = 1000          # ImageNet head (Fig. 12); -d networks keep their registered 21
-    width: float = 1.0
-    warmup: int = 5
-    iters: int = 20
-    sets: int = 4
-    compile_models: tuple = ("cresnet51", "resnet50+decoder", "resnet50")
-    compile_budget_s: float = 240.0  # stop compiling once this much compile time has been spent
-    peak_n: int = 8192
+    width: float = option(1.0, "channel width multiplier")
+    warmup: int = option(5, "untimed calls first")
+    iters: int = option(20, "timed calls (the median is reported)")
+    sets: int = option(4, "distinct input tensors cycled")
+    compile_models: tuple[str, ...] = option(("cresnet51", "resnet50+decoder", "resnet50"),
+                                             "networks also torch.compiled (comma list)")
+    compile_budget_s: float = option(240.0, "stop compiling once this much compile time has been spent")
+    peak_n: int = option(8192, "matrix side of the bf16 matmul peak measurement")
 
 
 class DecodeThenClassify(nn.Module):

@@ -23,7 +23,7 @@ KINDS = ("rgb", "decoded", "latent", "webp")
 
 
 def _webp_one(args):
-    from nodecode.eval.baselines import decode, match_bpp
+    from nodecode.codec.classical import decode, match_bpp
     chw, bpp = args
     data, real, _ = match_bpp(np.ascontiguousarray(chw.transpose(1, 2, 0)), "webp", bpp)
     return decode(data).transpose(2, 0, 1), real

@@ -13,10 +13,10 @@ images (one process only), which makes a one-process run reproduce an N-process 
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -29,13 +29,14 @@ from nodecode.data.classification import holdout_split, load_inputs
 from nodecode.data.codec_augment import CodecAugmentBatches
 from nodecode.data.folders import SIZE, scan_image_folder
 from nodecode.data.latents import channel_mean
+from nodecode.config import option
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.models import create_model, get_config
 from nodecode.models.registry import pretrained_cfg
 from nodecode.tasks.checkpoint import save_weights
-from nodecode.tasks.engine import Engine, RunOptions, init_distributed, is_main_process
-from nodecode.tasks.recipe import Recipe, get_recipe, sgd
+from nodecode.tasks.engine import Engine, RunOptions, TrainResult, init_distributed, is_main_process
+from nodecode.tasks.recipe import AUGMENTS, RECIPES, Recipe, by_recipe, get_recipe, sgd
 from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-classifier-1"
@@ -43,38 +44,48 @@ FORMAT = "nodecode-classifier-1"
 
 @dataclass
 class ClassifierTrainConfig(RunOptions):
-    data: str                          # folder holding train/ and val/ ImageFolders (e.g. imagenette2-224)
-    out: str
-    model: str = "cresnet51"           # resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent
-    input: str = "latent"              # rgb | decoded | latent | webp
-    codec: str = "c32"                 # operating point (bundled name or codec path) for decoded/latent (webp: its bpp)
-    init: str | None = None            # start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)
-    width: float = 1.0
-    recipe: str = "paper"              # paper (App. A.4) | imagenette (tasks.recipe); the fields below left at None
-    epochs: int | None = None          #   take the recipe's values
-    lr_epochs: tuple[int, ...] | None = None   # step schedule: lr ÷10 at these epochs
-    batch_size: int | None = None      # global, over all processes
-    base_lr: float | None = None       # at the recipe's reference batch (64 paper, 128 imagenette), scaled linearly
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None  # on conv / fc weights only, never on norms or biases
-    schedule: str | None = None        # step | cosine (after the warm-up)
-    warmup_epochs: float | None = None # linear lr warm-up
-    label_smoothing: float | None = None
-    augment: str | None = None         # input: crop + mirror of the network input itself (App. A.4: a mirrored latent)
-                                       # | codec: RGB random-resized crop + true mirror, then through the frozen codec
-    scale: tuple[float, float] | None = None   # codec augmentation: crop area fraction range (0.35, 1)
-    ratio: tuple[float, float] | None = None   # codec augmentation: crop aspect ratio range (3/4, 4/3)
-    augment_variants: int = 0          # codec augmentation: 0 on the fly, K: K augmented variants per image made once
-    codec_amp: bool = True             # codec augmentation: bf16 autocast for its encoder / decoder on CUDA
-    holdout_frac: float | None = None  # evaluate on this fraction of train (per class, by seed) held out, not on val
-    image_size: int = 224              # images are decoded to this square (smaller only for smoke runs)
+    data: str = option(help="folder holding train/ and val/ ImageFolders (e.g. imagenette2-224)")
+    out: str = option(help="run folder: checkpoints, logs, classifier.safetensors, summary.json")
+    model: str = option("cresnet51", "architecture: resnet50/71 for rgb, decoded, webp; cresnet39/51/72 for latent")
+    input: Literal["rgb", "decoded", "latent", "webp"] = option("latent", "what the network sees")
+    codec: str = option("c8", "operating point (name or codec file) for decoded/latent inputs (webp: its default bpp)")
+    init: str | None = option(None, "start from this classifier checkpoint (e.g. the §6.1 control's 9 more epochs)")
+    width: float = option(1.0, "channel width multiplier")
+    # the recipe (tasks.recipe); every field below left at None takes the recipe's value
+    recipe: Literal[tuple(RECIPES)] = option("paper", "paper: App. A.4; imagenette: Nesterov, warm-up + cosine, "
+                                                      "label smoothing, augmentation through the codec")
+    epochs: int | None = option(None, "training epochs " + by_recipe("epochs"))
+    lr_epochs: tuple[int, ...] | None = option(None, "step schedule: lr ÷10 at these epochs " + by_recipe("lr_epochs"))
+    batch_size: int | None = option(None, "global batch over all processes; the lr scales linearly from --lr at the "
+                                          "recipe's reference batch (64 paper, 128 imagenette) " + by_recipe("batch_size"))
+    base_lr: float | None = option(None, "learning rate at the recipe's reference batch " + by_recipe("base_lr"),
+                                   flag="lr")
+    momentum: float | None = option(None, "SGD momentum " + by_recipe("momentum"))
+    nesterov: bool | None = option(None, "Nesterov momentum " + by_recipe("nesterov"))
+    weight_decay: float | None = option(None, "on conv / fc weights only, never on norms or biases "
+                                        + by_recipe("weight_decay"))
+    schedule: Literal["step", "cosine"] | None = option(None, "lr schedule after the warm-up: step (÷10 at "
+                                                              "--lr-epochs) or cosine to 0 " + by_recipe("schedule"))
+    warmup_epochs: float | None = option(None, "linear lr warm-up " + by_recipe("warmup_epochs"))
+    label_smoothing: float | None = option(None, "label smoothing of the cross-entropy " + by_recipe("label_smoothing"))
+    augment: Literal[AUGMENTS] | None = option(None, "input: crop + mirror of the network input itself (App. A.4: a "
+                                                     "mirrored latent); codec: RGB random-resized crop + true mirror, "
+                                                     "then through the frozen codec " + by_recipe("augment"))
+    scale: tuple[float, float] | None = option(None, "codec augmentation: crop area fraction range "
+                                               + by_recipe("scale"), metavar="LO,HI")
+    ratio: tuple[float, float] | None = option(None, "codec augmentation: crop aspect ratio range "
+                                               + by_recipe("ratio"), metavar="LO,HI")
+    augment_variants: int = option(0, "codec augmentation: 0 on the fly, K: K augmented variants per image made once")
+    codec_amp: bool = option(True, "codec augmentation: bf16 autocast for the codec's encoder / decoder on CUDA")
+    holdout_frac: float | None = option(None, "evaluate on this fraction of train (per class, by seed) held out, "
+                                              "never on val (default: evaluate on val)")
+    image_size: int = option(224, "images are decoded to this square (smaller only for smoke runs)")
     pad: int | None = None             # crop padding; None: side / 7 (32 px RGB, 4 latent px)
     bn_batch: int | None = None        # BatchNorm group size (one process only); None: the per-process batch
-    webp_bpp: float | None = None      # None: the codec's mean real .ndc bpp on the val split
+    webp_bpp: float | None = option(None, "WebP bits per pixel (default: the codec's mean real .ndc bpp on val)")
     train_split: str = "train"
     val_split: str = "val"
-    max_per_class: int | None = None   # a subset, for smoke runs
+    max_per_class: int | None = option(None, "at most this many images per class (a subset, for smoke runs)")
     eval_batch: int = 250
 
     def recipe_values(self) -> Recipe:
@@ -170,7 +181,7 @@ def _train_eval_sets(cfg: ClassifierTrainConfig, rec: Recipe, codec, webp_bpp, t
     return (x, y, rgb), _inputs(val_f, cfg.input, codec, webp_bpp, cfg.cache_dir, cfg.image_size), cfg.val_split
 
 
-def train_classifier(cfg: ClassifierTrainConfig) -> Path:
+def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
     """Train (or resume) one classifier; writes out/classifier.safetensors (+ .json) and out/summary.json."""
     rank, world, dist_dev = init_distributed()
     device = dist_dev or pick_device(cfg.device)
@@ -242,12 +253,10 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
         return dict(last)
 
     if not engine.fit(batches, step_fn, eval_fn=eval_fn, eval_every=spe):
-        if is_main_process():
-            print(f"stopped at step {engine.step}/{total} (time budget); "
-                  "run the same command again to resume")
-        return out
+        return TrainResult.stopped(engine)
     if not last:  # finished earlier, only the files are missing
         last.update(evaluate(model, val_x, val_y, pipe, cfg.eval_batch), epoch=float(rec.epochs))
+    summary: dict = {}
     if is_main_process():
         save_classifier(model, out / "classifier.safetensors", meta)
         summary = {"config": asdict(cfg), "recipe": asdict(rec), "world_size": world, "steps": engine.step,
@@ -256,8 +265,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> Path:
                    "minutes": (time.time() - t0) / 60,
                    "checkpoint": meta, **provenance()}
         write_json(out / "summary.json", summary)
-        print(json.dumps({k: last[k] for k in ("top1", "top5", "loss")}))
-    return out
+    return TrainResult(True, out, engine.step, total, summary, {k: last[k] for k in ("top1", "top5", "loss")})
 
 
 def evaluate_classifier(checkpoint: str | Path, data: str | Path, split: str = "val", device=None,

@@ -80,6 +80,17 @@ RECIPES = {
 }
 
 
+def by_recipe(name: str) -> str:
+    """"(default: the recipe's: paper V, imagenette W)" for the help of a config field left at None (a Recipe field)."""
+    def show(v) -> str:
+        if isinstance(v, tuple):
+            return ",".join(f"{x:g}" for x in v) or "none"
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        return f"{v:g}" if isinstance(v, float) else str(v)
+    return "(default: the recipe's: " + ", ".join(f"{r} {show(getattr(rec, name))}" for r, rec in RECIPES.items()) + ")"
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise NodecodeError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
