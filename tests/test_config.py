@@ -2,6 +2,7 @@
 import argparse
 import dataclasses
 import json
+import typing
 from typing import Literal
 
 import pytest
@@ -31,7 +32,10 @@ def test_train_defaults_are_the_dataclass_defaults(name, cls):
     args = build_parser().parse_args(["train", name, "--data", "D", "--out", "O", *extra])
     assert config_from_args(cls, args) == cls(data="D", out="O")
     flags = {s for a in dict(_subparsers(build_parser()))[("train", name)]._actions for s in a.option_strings}
-    assert {flag_name(f) for f in cli_fields(cls)} | {"-h", "--help", *extra} == flags
+    hints = typing.get_type_hints(cls)
+    negated = {"--no-" + flag_name(f)[2:] for f in cli_fields(cls)          # --name / --no-name pairs
+               if f.default is not False and bool in (hints[f.name], *typing.get_args(hints[f.name]))}
+    assert {flag_name(f) for f in cli_fields(cls)} | negated | {"-h", "--help", *extra} == flags
 
 
 def test_classifier_codec_default_has_one_home():
@@ -91,6 +95,9 @@ def test_a_new_field_with_option_is_a_new_flag():
         sizes: tuple[int, ...] = option((1, 2), "sizes")
         fast: bool = option(False, "go fast")
         hidden: int = 3                                   # no option(): library-only
+        amp: bool = option(True, "mixed precision")
+        nesterov: bool | None = option(None, "Nesterov (default: the recipe's)")
+        crop: tuple[float, float] | None = option(None, "crop range")
 
     p = argparse.ArgumentParser()
     add_config_args(p, Recipe)
@@ -98,6 +105,29 @@ def test_a_new_field_with_option_is_a_new_flag():
     r = config_from_args(Recipe, p.parse_args("--data x --kind b --ratio 0.5 --sizes 3,4,5 --fast".split()))
     assert r == Recipe("x", "b", 0.5, (3, 4, 5), True)
     assert "--hidden" not in p.format_help() and "(default: 1,2)" in p.format_help()
+    r = config_from_args(Recipe, p.parse_args("--data x --no-amp --no-nesterov --crop 0.2,1".split()))
+    assert (r.amp, r.nesterov, r.crop) == (False, False, (0.2, 1.0))
+    assert config_from_args(Recipe, p.parse_args("--data x --nesterov".split())).nesterov is True
+    assert "(default: --amp)" in p.format_help() and "(default: the recipe's)" in p.format_help()
+    with pytest.raises(SystemExit):
+        p.parse_args("--data x --crop 0.2".split())        # tuple[float, float]: two values
+
+
+def test_classifier_recipe_flags_default_to_the_recipe():
+    """Issue 12's flags: None is "the --recipe's value", said in --help with both recipes' values."""
+    from nodecode.tasks.classification import ClassifierTrainConfig
+    a = build_parser().parse_args("train classifier --data D --out O --recipe imagenette --weight-decay 1e-3 "
+                                  "--warmup-epochs 1 --label-smoothing 0 --augment input --augment-variants 2 "
+                                  "--holdout-frac 0.1 --epochs 3 --batch-size 32 --lr 0.1 --no-nesterov".split())
+    cfg = config_from_args(ClassifierTrainConfig, a)
+    rec = cfg.recipe_values()
+    assert (rec.weight_decay, rec.warmup_epochs, rec.label_smoothing, rec.augment, rec.epochs, rec.batch_size,
+            rec.base_lr, rec.nesterov, rec.schedule) == (1e-3, 1.0, 0.0, "input", 3, 32, 0.1, False, "cosine")
+    assert (cfg.augment_variants, cfg.holdout_frac) == (2, 0.1)
+    plain = config_from_args(ClassifierTrainConfig, build_parser().parse_args("train classifier --data D --out O".split()))
+    assert plain.epochs is None and plain.recipe_values().epochs == 28 and plain.recipe_values().base_lr == 0.025
+    text = dict(_subparsers(build_parser()))[("train", "classifier")].format_help()
+    assert "the recipe's: paper 28, imagenette 40" in " ".join(text.split())
 
 
 def test_json_to_stdout_or_to_a_path(tmp_path, capsys):

@@ -145,3 +145,18 @@ def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
     from nodecode.demo import demo_segmentation
     assert demo_segmentation(tmp_path, "cpu") == []
     assert "segmentation skipped" in capsys.readouterr().out
+
+
+def test_codec_augmentation_encodes_the_mirrored_rgb_crop(small_codec):
+    """--augment codec: the latent arm gets encode(crop of the mirrored frame), on the same crops as the RGB arm."""
+    from functools import partial
+    from nodecode.data.codec_augment import through_codec
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 255, (6, 3, 48, 64), generator=g, dtype=torch.uint8)
+    labels = rgb[:, 0].clone()
+    plain = SegBatches(rgb, labels, InputPipeline("rgb", torch.zeros(3)), 4, crop=32, seed=3)
+    arm = SegBatches(rgb, labels, InputPipeline("latent", torch.zeros(8), small_codec), 4, crop=32, seed=3,
+                     arm=partial(through_codec, kind="latent", codec=small_codec))
+    (xr, yr), (xl, yl) = plain(5), arm(5)
+    assert xl.shape == (4, 8, 4, 4) and torch.equal(yr, yl)
+    assert torch.equal(xl, small_codec.latent(small_codec.encode_symbols(xr / 255)))

@@ -49,14 +49,6 @@ def _eval_classifier(a):
         print(f"top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  ({r['n']} images)")
 
 
-def _train_segmenter(a):
-    from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
-    train_segmenter(SegmenterTrainConfig(
-        data=a.data, out=a.out, model=a.model, input=a.input, codec=a.codec, init=a.init, width=a.width,
-        iters=a.iters, batch_size=a.batch_size, limit=a.limit, cache_dir=a.cache_dir, device=a.device, seed=a.seed,
-        max_minutes=a.max_minutes, checkpoint_every=a.checkpoint_every))
-
-
 def _eval_segmenter(a):
     from nodecode.config import emit_json
     from nodecode.tasks.segmentation import evaluate_segmenter
@@ -130,6 +122,14 @@ def _bench_speed(a):
     log = (lambda *x: print(*x, file=sys.stderr)) if a.json == "-" else print   # stdout: the JSON alone
     emit_json(a.json, run_all(cfg, None, a.e2e_data, a.e2e_work, a.e2e_limit, a.e2e_batch, a.workers, a.classifiers,
                               a.kodak, a.kodak_limit, a.cpu_images, log=log))
+
+
+def _bench_augment(a):
+    from nodecode.bench.augment_speed import augment_speed, format_rows
+    from nodecode.config import emit_json
+    rows = augment_speed(a.codec, a.device, a.batch, a.iters, amp=not a.no_amp, size=a.size, variants=a.variants)
+    if not emit_json(a.json, rows):
+        print(format_rows(rows))
 
 
 def _demo(a):
@@ -254,6 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--kodak-limit", type=int, default=None)
     bs.add_argument("--cpu-images", type=int, default=3, help="Kodak images timed on one CPU core")
     bs.set_defaults(fn=_bench_speed)
+    ba = b.add_parser("augment", help="cost of the augmentation through the codec: img/s of crop + encode (+ decode)")
+    ba.add_argument("--codec", default="c8", help="operating point (c8, c16, c32, c8-joint) or a codec file")
+    ba.add_argument("--device", default=None)
+    ba.add_argument("--batch", type=int, default=128)
+    ba.add_argument("--iters", type=int, default=10)
+    ba.add_argument("--size", type=int, default=224)
+    ba.add_argument("--variants", type=int, default=8, help="K, for the one-off cost of K cached variants per image")
+    ba.add_argument("--no-amp", action="store_true", help="fp32 instead of bf16 autocast on CUDA")
+    add_json_option(ba, "the rows")
+    ba.set_defaults(fn=_bench_augment)
     from nodecode.archive.cli import add_commands
     add_commands(sub)
     return p

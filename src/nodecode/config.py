@@ -6,7 +6,8 @@ dashes (or `flag=`), its type, default and choices come from the annotation and 
     int | float | str (optionally `| None`)   --name VALUE
     Literal["a", "b"]                         --name {a,b}
     bool (default False)                      --name (a switch)
-    tuple[T, ...]                             --name A,B,C (comma-separated)
+    bool (default True) or bool | None        --name / --no-name (None: neither given, e.g. "the recipe's")
+    tuple[T, ...]                             --name A,B,C (comma-separated; tuple[T, T]: exactly two)
 
 Fields without `option(...)` (schedule details, test knobs) are library-only. `add_config_args` adds the flags to
 an argparse parser, `config_from_args` builds the dataclass back from the parsed namespace. Flags that are not a
@@ -44,14 +45,20 @@ def flag_name(f: dataclasses.Field) -> str:
     return "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
 
 
-def _unwrap(tp):
-    """(base type, choices or None) of an annotation, `X | None` taken as X."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
+def _not_none(tp):
+    """X of an annotation `X | None`, else the annotation itself."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) != 1:
             raise TypeError(f"unsupported flag type {tp}")
-        return _unwrap(args[0])
+        return args[0]
+    return tp
+
+
+def _unwrap(tp):
+    """(base type, choices or None) of an annotation, `X | None` taken as X."""
+    tp = _not_none(tp)
+    origin = typing.get_origin(tp)
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         return type(choices[0]), choices
@@ -61,10 +68,14 @@ def _unwrap(tp):
 def _comma_list(tp):
     args = typing.get_args(tp)
     elem = args[0] if args else str
+    size = None if not args or args[-1] is Ellipsis else len(args)     # tuple[float, float]: exactly two
 
     def parse(text: str) -> tuple:
-        return tuple(elem(s) for s in text.split(",") if s.strip())
-    parse.__name__ = f"comma-separated {elem.__name__} list"   # argparse names the type in its error message
+        values = tuple(elem(s) for s in text.split(",") if s.strip())
+        if size is not None and len(values) != size:
+            raise ValueError(f"{size} values expected")
+        return values
+    parse.__name__ = f"comma-separated {elem.__name__} list" + (f" of {size}" if size else "")   # named in errors
     return parse
 
 
@@ -73,6 +84,8 @@ def _help(f: dataclasses.Field) -> str:
     d = f.default
     if d is MISSING or d is None or d is False or "default" in text:
         return text
+    if d is True:
+        return f"{text} (default: --{flag_name(f)[2:]})"
     shown = ",".join(map(str, d)) if isinstance(d, tuple) else d
     return f"{text} (default: {shown})"
 
@@ -93,11 +106,11 @@ def add_config_args(parser, cls, *, into: dict | None = None, skip: tuple[str, .
         else:
             kw["default"] = f.default
         if tp is bool:
-            if f.default is not False:
-                raise TypeError(f"{cls.__name__}.{f.name}: a switch must default to False")
-            kw["action"] = "store_true"
+            if f.default not in (False, True, None):
+                raise TypeError(f"{cls.__name__}.{f.name}: a bool flag defaults to False, True or None")
+            kw["action"] = "store_true" if f.default is False else argparse.BooleanOptionalAction
         elif tp is tuple:
-            kw["type"] = _comma_list(hints[f.name])
+            kw["type"] = _comma_list(_not_none(hints[f.name]))
             kw.setdefault("metavar", "A,B,...")
         else:
             kw["type"] = tp

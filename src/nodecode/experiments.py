@@ -1,6 +1,7 @@
 """What every script under experiments/ shares: the `run` / `collect` command line, a time budget, the runs.json
-of finished work (merged, skipped, saved after each item), jobs spread over the visible GPUs, markdown tables and
-figures. A script keeps only its own rows, stages and plots.
+of finished work (merged, skipped, saved after each item), jobs spread over the visible GPUs (within the budget,
+each handed back as it ends), mean ± std over seeds, markdown tables and figures. A script keeps only its own rows,
+stages and plots.
 
     ap = experiment_parser(__doc__, budget_minutes=9.0)     # stage (run | collect) and --budget-minutes
     ap.add_argument(...)                                    # the script's own flags
@@ -20,12 +21,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]        # the checkout: results/ and experiments/ live here
+# NVLink multicast off in every job (experiments/device/README.md)
+NCCL_SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 
 
-def experiment_parser(doc: str | None, budget_minutes: float = 9.0) -> argparse.ArgumentParser:
-    """The parser every experiment starts from: `run` (device work, resumable) or `collect` (tables, figures)."""
+def experiment_parser(doc: str | None, budget_minutes: float = 9.0,
+                      stages: Sequence[str] = ("run", "collect")) -> argparse.ArgumentParser:
+    """The parser every experiment starts from: `run` (device work, resumable) or `collect` (tables, figures), or
+    the script's own `stages`."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", choices=["run", "collect"])
+    ap.add_argument("stage", choices=list(stages))
     ap.add_argument("--budget-minutes", type=float, default=budget_minutes,
                     help="run: stop cleanly (finished work recorded, the current run checkpointed) before this")
     return ap
@@ -81,10 +86,12 @@ class Runs:
         self.save()
         return value
 
-    def save(self) -> None:
+    def save(self, path: str | Path | None = None) -> None:
+        """Write runs.json (or a copy of it to `path`, e.g. beside a report)."""
         from nodecode.utils import write_json
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(self.path, self.done)
+        path = Path(path or self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, self.done)
 
     def stage(self, key: str, fn: Callable[[float], dict | None], budget: Budget, reserve: float = 1.0,
               margin: float = 0.5) -> dict | None:
@@ -124,31 +131,55 @@ def visible_gpus() -> list[str]:
 
 
 def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None = None, per_gpu: int = 1,
-             log_dir: str | Path | None = None, poll_s: float = 1.0) -> dict[str, int]:
+             log_dir: str | Path | None = None, poll_s: float = 1.0, *, budget: Budget | None = None,
+             min_start: float = 0.0, grace: float = 0.5, on_done: Callable[[str, int], None] | None = None,
+             env: dict | None = None) -> dict[str, int]:
     """Run (name, argv) jobs as subprocesses, at most `per_gpu` at a time on each GPU (CUDA_VISIBLE_DEVICES set to
-    it; without GPUs `per_gpu` at a time on the CPU); output to log_dir/NAME.log or inherited. {name: exit code}."""
+    it; without GPUs `per_gpu` at a time on the CPU); output to log_dir/NAME.log or inherited; `env` added to each
+    job's environment (with NCCL_SAFE, unbuffered output). {name: exit code}, `on_done(name, code)` called in this
+    process as each job ends. With a `budget`, no job starts with less than `min_start` minutes left (those are
+    left out of the result: the next call runs them), and one still running `grace` minutes past the budget is
+    terminated (jobs are expected to stop themselves before it)."""
     devices = (list(gpus) if gpus is not None else visible_gpus()) or [None]
     slots = [g for _ in range(per_gpu) for g in devices]          # first one job per GPU, then a second, ...
     queue, running, codes = list(jobs), {}, {}
     while queue or running:
-        while queue and slots:
+        while queue and slots and (budget is None or budget.left() >= min_start):
             (name, argv), gpu = queue.pop(0), slots.pop(0)
-            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+            job_env = {**os.environ, **NCCL_SAFE, "PYTHONUNBUFFERED": "1", **(env or {}),
+                       **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
             out = None
             if log_dir is not None:
                 Path(log_dir).mkdir(parents=True, exist_ok=True)
                 out = open(Path(log_dir) / f"{name}.log", "a")
-            running[name] = (subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None), gpu, out)
+            print(f"[{time.strftime('%H:%M:%S')}] start {name} on {'GPU ' + gpu if gpu is not None else 'CPU'}",
+                  flush=True)
+            running[name] = (subprocess.Popen(argv, env=job_env, stdout=out, stderr=subprocess.STDOUT if out else None),
+                             gpu, out)
+        if not running:
+            break
         for name, (proc, gpu, out) in list(running.items()):
+            if proc.poll() is None and budget is not None and budget.left() < -grace:
+                proc.terminate()
+                proc.wait()
             if proc.poll() is not None:
                 codes[name] = proc.returncode
                 slots.append(gpu)
                 if out:
                     out.close()
                 del running[name]
+                if on_done is not None:
+                    on_done(name, proc.returncode)
         if running:
             time.sleep(poll_s)
     return codes
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and (population) standard deviation over seeds; std 0 for one value."""
+    import numpy as np
+    v = np.asarray(list(values), dtype=float)
+    return float(v.mean()), float(v.std())
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:

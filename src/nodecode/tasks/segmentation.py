@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,7 @@ from torch import nn
 
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
+from nodecode.data.codec_augment import through_codec
 from nodecode.data.latents import channel_mean
 from nodecode.data.segmentation import CROP_RGB, GRID, IGNORE, SegBatches, load_segmentation, scan_segmentation
 from nodecode.config import option
@@ -65,6 +67,9 @@ class SegmenterTrainConfig(RunOptions):
     power: float = 0.9
     crop: int = CROP_RGB            # RGB pixels; latent crops are crop / 8
     freeze_bn: bool | None = None   # None: frozen iff init is given
+    augment: Literal["input", "codec"] = option("input", "input: crop + mirror of the cached input (a mirrored "
+                                                         "latent); codec: crop + true mirror of the RGB frame, then "
+                                                         "through the frozen codec")
     limit: int | None = option(None, "only the first N frames of each split (smoke runs)")
     eval_splits: tuple[str, ...] = ("val", "test")
     eval_batch: int = 10
@@ -154,7 +159,14 @@ def train_segmenter(cfg: SegmenterTrainConfig) -> TrainResult:
     mean = channel_mean(x, cfg.input, codec)
     cuda = device.type == "cuda"
     pipe = InputPipeline(cfg.input, mean, codec, channels_last=cuda)
-    batches = SegBatches(x, y, pipe, cfg.batch_size, cfg.crop, cfg.seed)
+    if cfg.augment not in ("input", "codec"):
+        raise NodecodeError(f"unknown augmentation {cfg.augment!r} (input or codec)")
+    if cfg.augment == "codec" and cfg.input != "rgb":
+        rgb = _data("rgb", cfg.data, "train", None, cfg.cache_dir, cfg.limit)[1].to(device)
+        batches = SegBatches(rgb, y, pipe, cfg.batch_size, cfg.crop, cfg.seed,
+                             arm=partial(through_codec, kind=cfg.input, codec=codec, amp=cfg.amp))
+    else:
+        batches = SegBatches(x, y, pipe, cfg.batch_size, cfg.crop, cfg.seed)
     iters = cfg.iters or scaled_iterations(len(x), cfg.batch_size)
     net = create_model(cfg.model, in_channels=x.shape[1], num_classes=len(folder.names), width=cfg.width)
     if cfg.init:
