@@ -13,7 +13,7 @@ from collections import defaultdict
 import numpy as np
 
 from nodecode.data.images import list_images, load_image
-from nodecode.eval.baselines import CLASSICAL_CODECS, decode, match_bpp
+from nodecode.codec.classical import CLASSICAL_CODECS, decode, match_bpp
 from nodecode.eval.metrics import image_metrics
 
 

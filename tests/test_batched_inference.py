@@ -94,6 +94,20 @@ def test_cli_classify_many_names_each_bad_file_and_exits_2(files, capsys):
     assert all(e.startswith("nodecode: error: ") and str(p) in e for e, p in zip(err, bad))
 
 
+def test_cli_classify_many_with_json(files, tmp_path, capsys):
+    """--json [PATH] (issue 14) with many files: stdout is the JSON alone, bad files still one line each on stderr;
+    --json PATH writes the rows there and prints the text lines."""
+    import json
+    good, bad = files
+    assert main(["classify", *map(str, good[:2]), str(bad[2]), "--json"]) == 2
+    cap = capsys.readouterr()
+    rows = json.loads(cap.out)
+    assert [r["path"] for r in rows] == [str(good[0]), str(good[1]), str(bad[2])] and "error" in rows[2]
+    assert cap.err.splitlines() == [f"nodecode: error: {rows[2]['error']}"]
+    assert main(["classify", *map(str, good[:2]), "--batch", "1", "--json", str(tmp_path / "p.json")]) == 0
+    assert len(json.loads((tmp_path / "p.json").read_text())) == 2 and len(capsys.readouterr().out.splitlines()) == 2
+
+
 @needs(FRAME)
 @pytest.mark.parametrize("backend", ["constriction", "reference"])
 def test_batched_segment_gives_the_per_file_masks(tmp_path, backend):
@@ -126,5 +140,8 @@ def test_batched_segment_gives_the_per_file_masks(tmp_path, backend):
         single = segment_file(p, tmp_path / f"one-{p.stem}.png", model=seg, device="cpu")
         assert np.array_equal(np.asarray(Image.open(o)), np.asarray(Image.open(single["mask"])))
         assert Image.open(tmp_path / "over" / f"{p.stem}.png").size == (160, 120)
-    assert main(["segment", *map(str, paths), "-o", str(tmp_path / "cli"), "--model", str(seg)]) == 2
+    assert main(["segment", *map(str, paths), "-o", str(tmp_path / "cli"), "--segmenter", str(seg)]) == 2
     assert sorted(f.name for f in (tmp_path / "cli").iterdir()) == ["f0.png", "f1.png", "f2.png"]
+    # issue 14's deprecated --model still names the segmenter (one warning line)
+    assert main(["segment", str(paths[0]), "-o", str(tmp_path / "alias.png"), "--model", str(seg)]) == 0
+    assert (tmp_path / "alias.png").exists()

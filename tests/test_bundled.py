@@ -62,7 +62,7 @@ def test_joint_codec_is_bundled_and_its_files_decode_by_name(kodak_crop, tmp_pat
     assert joint.config.name == "c8-joint" and joint.config.channels == 8
     assert not torch.equal(base.quantizer.centers, joint.quantizer.centers)
     Image.fromarray(np.ascontiguousarray(kodak_crop)).save(tmp_path / "crop.png")
-    assert main(["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "j.ndc"), "--model", "c8-joint"]) == 0
+    assert main(["compress", str(tmp_path / "crop.png"), "-o", str(tmp_path / "j.ndc"), "--codec", "c8-joint"]) == 0
     data = (tmp_path / "j.ndc").read_bytes()
     header, symbols = joint.read_symbols(data)
     assert header.model == "c8-joint"

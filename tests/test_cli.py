@@ -17,11 +17,19 @@ def photo(tmp_path, kodak_crop):
 
 def test_compress_decompress_roundtrip(tmp_path, photo, capsys):
     ndc, out = tmp_path / "a.ndc", tmp_path / "a.png"
-    assert main(["compress", str(photo), "-o", str(ndc), "--model", "c16"]) == 0
+    assert main(["compress", str(photo), "-o", str(ndc), "--codec", "c16"]) == 0
     assert ndc.read_bytes()[:4] == b"NDC\x1a"
     assert main(["decompress", str(ndc), "-o", str(out)]) == 0      # model found from the header
     assert load_image(out).shape == load_image(photo).shape
     assert "bpp" in capsys.readouterr().out
+
+
+def test_model_is_a_deprecated_alias_of_codec(tmp_path, photo, capsys):
+    a, b = tmp_path / "a.ndc", tmp_path / "b.ndc"
+    assert main(["compress", str(photo), "-o", str(a), "--codec", "c16"]) == 0
+    assert main(["compress", str(photo), "-o", str(b), "--model", "c16"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    assert "nodecode: warning: --model is deprecated here, use --codec" in capsys.readouterr().err
 
 
 def _bad(tmp_path, capsys, argv, expect, leftover):
@@ -64,7 +72,7 @@ def test_corrupted_ndc(tmp_path, photo, capsys, mutate, expect):
 
 def test_unknown_model_and_extension(tmp_path, photo, capsys):
     out = tmp_path / "x.ndc"
-    _bad(tmp_path, capsys, ["compress", str(photo), "-o", str(out), "--model", "c12"], "no codec named", out)
+    _bad(tmp_path, capsys, ["compress", str(photo), "-o", str(out), "--codec", "c12"], "no codec named", out)
     ndc = tmp_path / "a.ndc"
     assert main(["compress", str(photo), "-o", str(ndc)]) == 0
     _bad(tmp_path, capsys, ["decompress", str(ndc), "-o", str(tmp_path / "a.xyz")], "unknown image extension",

@@ -10,7 +10,7 @@ from PIL import Image, JpegImagePlugin
 
 from nodecode.data.images import load_image
 from nodecode.errors import NodecodeError
-from nodecode.eval import baselines as B
+from nodecode.codec import classical as B
 from conftest import KODAK
 from nodecode.eval import metrics as M
 

@@ -80,7 +80,7 @@ def test_training_resumes_to_the_same_weights(tmp_path):
                                     init=str(tmp_path / "cls.safetensors"), cache_dir=str(tmp_path / "cache"),
                                     progress=False, **kw)
     train_segmenter(cfg(tmp_path / "a"))
-    train_segmenter(cfg(tmp_path / "b", max_minutes=0.0))      # stops after one step, checkpointed
+    assert not train_segmenter(cfg(tmp_path / "b", max_minutes=0.0)).finished   # stops after one step, checkpointed
     assert not (tmp_path / "b" / "segmenter.safetensors").exists()
     train_segmenter(cfg(tmp_path / "b"))                       # resumes
     (ma, meta), (mb, _) = load_segmenter(tmp_path / "a"), load_segmenter(tmp_path / "b")
@@ -109,9 +109,10 @@ def tiny_segmenter(tmp_path_factory):
 @needs(FRAME)
 def test_segment_ndc_from_symbols_matches_image(tmp_path, tiny_segmenter):
     ndc = tmp_path / "f.ndc"
-    assert main(["compress", str(FRAME), "-o", str(ndc), "--model", "c8"]) == 0
+    assert main(["compress", str(FRAME), "-o", str(ndc), "--codec", "c8"]) == 0
     assert main(["segment", str(ndc), "-o", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png"),
-                 "--model", str(tiny_segmenter)]) == 0
+                 "--segmenter", str(tiny_segmenter)]) == 0
+    # --model: the deprecated spelling of --segmenter, still honoured
     assert main(["segment", str(FRAME), "-o", str(tmp_path / "m2.png"), "--model", str(tiny_segmenter)]) == 0
     m, m2 = Image.open(tmp_path / "m.png"), Image.open(tmp_path / "m2.png")
     assert m.mode == "P" and m.size == (480, 360) and np.asarray(m).max() < 11
@@ -126,12 +127,12 @@ def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
     bad.write_bytes(b"NDC\x00garbage")
     notimg = tmp_path / "x.jpg"
     notimg.write_text("hello")
-    m = ["--model", str(tiny_segmenter)]
+    m = ["--segmenter", str(tiny_segmenter)]
     for args in (["segment", str(tmp_path / "missing.ndc"), "-o", str(tmp_path / "a.png"), *m],
                  ["segment", str(bad), "-o", str(tmp_path / "a.png"), *m],
                  ["segment", str(notimg), "-o", str(tmp_path / "a.png"), *m],
                  ["segment", str(FRAME), "-o", str(tmp_path / "a.jpg"), *m],
-                 ["segment", str(FRAME), "-o", str(tmp_path / "a.png"), "--model", str(notimg)],
+                 ["segment", str(FRAME), "-o", str(tmp_path / "a.png"), "--segmenter", str(notimg)],
                  ["eval", "segmenter", str(tiny_segmenter), "--data", str(tmp_path)],
                  ["train", "segmenter", "--data", str(CAMVID), "--out", str(tmp_path / "r"), "--model", "cresnet51"],
                  ["train", "segmenter", "--data", str(CAMVID), "--out", str(tmp_path / "r"), "--model", "resnet50_d"]):
@@ -144,3 +145,18 @@ def test_bad_inputs_exit_2(tmp_path, tiny_segmenter, monkeypatch, capsys):
     from nodecode.demo import demo_segmentation
     assert demo_segmentation(tmp_path, "cpu") == []
     assert "segmentation skipped" in capsys.readouterr().out
+
+
+def test_codec_augmentation_encodes_the_mirrored_rgb_crop(small_codec):
+    """--augment codec: the latent arm gets encode(crop of the mirrored frame), on the same crops as the RGB arm."""
+    from functools import partial
+    from nodecode.data.codec_augment import through_codec
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.randint(0, 255, (6, 3, 48, 64), generator=g, dtype=torch.uint8)
+    labels = rgb[:, 0].clone()
+    plain = SegBatches(rgb, labels, InputPipeline("rgb", torch.zeros(3)), 4, crop=32, seed=3)
+    arm = SegBatches(rgb, labels, InputPipeline("latent", torch.zeros(8), small_codec), 4, crop=32, seed=3,
+                     arm=partial(through_codec, kind="latent", codec=small_codec))
+    (xr, yr), (xl, yl) = plain(5), arm(5)
+    assert xl.shape == (4, 8, 4, 4) and torch.equal(yr, yl)
+    assert torch.equal(xl, small_codec.latent(small_codec.encode_symbols(xr / 255)))

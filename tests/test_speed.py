@@ -113,3 +113,15 @@ def test_codec_timing_parts(small_codec, kodak_crop):
         assert r[k] > 0
     h, w = kodak_crop.shape[:2]                                        # the timed path writes compress's file
     assert r["bpp"] == len(small_codec.compress(to_tensor(kodak_crop))) * 8 / (h * w)
+
+
+def test_bench_speed_flags_are_speed_config_fields():
+    """bench speed's flags are generated from SpeedConfig (nodecode.config): the e2e ones included."""
+    from nodecode.cli import build_parser
+    from nodecode.config import config_from_args
+    a = build_parser().parse_args(["bench", "speed", "--e2e-data", "v", "--e2e-points", "c8,c32", "--e2e-train-steps",
+                                   "5", "--classifiers", "runs", "--workers", "2", "--kodak-limit", "3"])
+    cfg = config_from_args(SpeedConfig, a)
+    assert (cfg.e2e_data, cfg.e2e_points, cfg.e2e_train_steps, cfg.classifiers, cfg.workers, cfg.kodak_limit) == \
+        ("v", ("c8", "c32"), 5, "runs", 2, 3)
+    assert SpeedConfig().e2e_points == ("c8", "c16") and SpeedConfig().e2e_limit == 1024

@@ -44,13 +44,16 @@ def test_codec_loss_decreases(tiny_folder):
 def test_train_codec_resumes_and_bundles(tiny_folder, tmp_path):
     cfg = CodecTrainConfig(data=str(tiny_folder), out=str(tmp_path / "run"), name="c8", channels=8, steps=6,
                            batch_size=2, crop=32, tile=64, target_entropy=1.0, beta=50.0, max_minutes=0.0, table_tiles=8)
-    train_codec(cfg)                                    # budget of 0 minutes: stops at the first check, checkpointed
+    r = train_codec(cfg)                                # budget of 0 minutes: stops at the first check, checkpointed
+    assert not r.finished and r.step == 1 and r.total_steps == 6 and r.summary == {}
     ckpt = tmp_path / "run" / "last.safetensors"
     tensors = load_file(str(ckpt))
     assert any(k.startswith("optim.") for k in tensors) and "rng.cpu" in tensors
     assert not (tmp_path / "run" / "codec.safetensors").exists()
     cfg.max_minutes = None
-    train_codec(cfg)                                    # resumes and finishes
+    r = train_codec(cfg)                                # resumes and finishes
+    assert r.finished and r.step == 6 and r.metrics == r.summary["val"]
+    assert r.summary == json.loads((tmp_path / "run" / "summary.json").read_text())
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in log if r["split"] == "train"]
     assert steps == sorted(steps) and steps[-1] == 6

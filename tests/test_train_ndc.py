@@ -75,3 +75,28 @@ def test_bad_shard_member_is_named(data, tmp_path):
     with pytest.raises(NodecodeError, match=samples[3].key):
         NdcSymbols(samples, load_codec("c8"))
     assert main(["train", "classifier", "--input", "ndc", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_ndc_is_a_generated_input_and_refuses_codec_augmentation(data, tmp_path, capsys):
+    from nodecode.cli import build_parser
+    _, shards = data
+    tk = build_parser()._subparsers._group_actions[0].choices["train"]._subparsers._group_actions[0].choices
+    action = next(a for a in tk["classifier"]._actions if a.dest == "input")
+    assert "ndc" in action.choices and "ndc" in action.help
+    capsys.readouterr()
+    assert main(["train", "classifier", "--input", "ndc", "--data", str(shards), "--out", str(tmp_path / "o"),
+                 "--augment", "codec", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "--input ndc" in err[0] and not (tmp_path / "o").exists()
+
+
+def test_ndc_holdout_and_recipe(data, tmp_path):
+    """The recipe options and holdout_frac work on shards: the held-out part of train is evaluated, val never read."""
+    _, shards = data
+    r = train_classifier(ClassifierTrainConfig(data=str(shards), out=str(tmp_path / "h"), model="cresnet39",
+                                               input="ndc", codec="c8", width=0.125, recipe="imagenette",
+                                               augment="input", epochs=1, batch_size=3, holdout_frac=0.25,
+                                               device="cpu"))
+    s = r.summary
+    assert r.finished and s["eval_on"] == "holdout-0.25" and s["train_images"] == 9 and s["val"]["n"] == 3
+    assert s["recipe"]["nesterov"] and s["checkpoint"]["image_size"] == 224 and s["checkpoint"]["input"] == "latent"

@@ -8,14 +8,12 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from nodecode.experiments import ROOT, Budget, Runs, experiment_parser, markdown_table, pyplot, save_figure
 
 PAPER = {  # Table 2: top-5 / top-1 on ImageNet
     ("none", "rgb", "resnet50"): (89.96, 71.06),
@@ -61,16 +59,16 @@ def needs_more_seeds(done: dict) -> set:
     return close
 
 
-def _train(a, k, point, kind, model, seed, width, left) -> dict | None:
+def _train(a, k, point, kind, model, seed, width, minutes) -> dict | None:
     from nodecode.tasks.classification import ClassifierTrainConfig, train_classifier
     run_dir = Path(a.runs) / k
-    train_classifier(ClassifierTrainConfig(
+    r = train_classifier(ClassifierTrainConfig(
         data=a.data, out=str(run_dir), model=model, input=kind, codec=point if point != "none" else "c8",
-        epochs=a.epochs, batch_size=a.batch_size, width=width, cache_dir=a.cache, seed=seed, max_minutes=left - 0.5,
+        epochs=a.epochs, batch_size=a.batch_size, width=width, cache_dir=a.cache, seed=seed, max_minutes=minutes,
         max_per_class=a.limit, progress=False))
-    if not (run_dir / "summary.json").exists():
+    if not r.finished:
         return None
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = r.summary
     curve = [json.loads(l) for l in (run_dir / "log.jsonl").read_text().splitlines()]
     return {"point": point, "input": kind, "model": model, "seed": seed, "width": width, "val": s["val"],
             "minutes": s["minutes"], "device": s["device"], "input_info": s.get("input_info"),
@@ -86,12 +84,7 @@ def _export_bundled(a, point: str, out: Path) -> None:
 
 def run(a) -> None:
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done_path = out / "runs.json"
-    done = json.loads(done_path.read_text()) if done_path.exists() else {}
-    if a.done and Path(a.done).exists():
-        done = {**json.loads(Path(a.done).read_text()), **done}
-    t0 = time.time()
+    runs, budget = Runs(out / "runs.json", merge=[a.done] if a.done else []), Budget(a.budget_minutes)
     main_rows = [r for r in rows() if r[1] != "webp"]
     queue = [(r, 0, None) for r in main_rows] + [((p, "latent", "cresnet51"), 0, BUNDLED_WIDTH) for p in ("c8", "c16", "c32")]
     if a.rows == "main":
@@ -102,25 +95,20 @@ def run(a) -> None:
     while queue:
         (point, kind, model), seed, width = queue.pop(0)
         k = key(point, kind, model, seed) if width is None else bundled_key(point)
-        left = a.budget_minutes - (time.time() - t0) / 60
-        if k not in done:
-            if left < 1.0:
-                print(f"budget spent; next: {k}")
-                break
-            r = _train(a, k, point, kind, model, seed, width or a.width, left)
-            if r is not None:
-                done[k] = r
-                if width is not None:
-                    _export_bundled(a, point, out)
-                done_path.write_text(json.dumps(done, indent=1))
+        fresh = k not in runs
+        r = runs.stage(k, lambda m: _train(a, k, point, kind, model, seed, width or a.width, m), budget)
+        if fresh and r is None and budget.left() < 1.0:
+            break
+        if fresh and r is not None and width is not None:
+            _export_bundled(a, point, out)
         if not queue and not extra_added:
             extra_added = True
-            queue = [(r, s, None) for s in (1, 2) for r in rows() if r in needs_more_seeds(done)]
-    done_path.write_text(json.dumps(done, indent=1))
-    print(f"{len(done)} runs finished, {(time.time() - t0) / 60:.1f} min this call")
-    print("| run | top-1 | top-5 | minutes | device |\n|---|---:|---:|---:|---|")
-    for k, r in done.items():
-        print(f"| {k} | {100 * r['val']['top1']:.2f} | {100 * r['val']['top5']:.2f} | {r['minutes']:.1f} | {r['device']} |")
+            queue = [(r, s, None) for s in (1, 2) for r in rows() if r in needs_more_seeds(runs.done)]
+    runs.save()
+    print(f"{len(runs)} runs finished, {budget.elapsed():.1f} min this call")
+    print(markdown_table(["run", "top-1", "top-5", "minutes", "device"],
+                         [(k, f"{100 * r['val']['top1']:.2f}", f"{100 * r['val']['top5']:.2f}", f"{r['minutes']:.1f}",
+                           r["device"]) for k, r in runs.items()], "lrrrl"))
 
 
 def collect(a) -> None:
@@ -142,11 +130,9 @@ def collect(a) -> None:
                       "top1_std": float(np.std(t1)), "gmacs": g, "gmacs_with_decoder": g + dec[c] if kind == "decoded" else g,
                       "seeds": len(runs), "paper_top5_top1": PAPER.get((point, kind, model)),
                       "minutes": float(np.mean([r["minutes"] for r in runs])), "device": runs[0]["device"]})
-    lines = ["| point | input | model | top-1 | top-5 | seeds | GMACs | paper top-1 / top-5 (ImageNet) |", "|---|---|---|---:|---:|---:|---:|---|"]
-    for r in table:
-        p = r["paper_top5_top1"]
-        lines.append(f"| {r['point']} | {r['input']} | {r['model']} | {r['top1']:.2f} ± {r['top1_std']:.2f} | {r['top5']:.2f} | "
-                     f"{r['seeds']} | {r['gmacs']:.2f} | {f'{p[1]} / {p[0]}' if p else '–'} |")
+    cells = [(r["point"], r["input"], r["model"], f"{r['top1']:.2f} ± {r['top1_std']:.2f}", f"{r['top5']:.2f}", r["seeds"],
+              f"{r['gmacs']:.2f}", f"{r['paper_top5_top1'][1]} / {r['paper_top5_top1'][0]}" if r["paper_top5_top1"] else "–")
+             for r in table]
     bundled = []
     for point in ("c8", "c16", "c32"):
         r = done.get(bundled_key(point))
@@ -154,19 +140,19 @@ def collect(a) -> None:
             g = model_gmacs("cresnet51", 28, int(point[1:]), 10, width=BUNDLED_WIDTH)[0]
             bundled.append({"point": point, "model": f"cresnet51 (width {BUNDLED_WIDTH})", "top1": 100 * r["val"]["top1"],
                             "top5": 100 * r["val"]["top5"], "gmacs": g, "minutes": r["minutes"], "device": r["device"]})
-            lines.append(f"| {point} | latent | cresnet51 width {BUNDLED_WIDTH} (bundled) | {bundled[-1]['top1']:.2f} | "
-                         f"{bundled[-1]['top5']:.2f} | 1 | {g:.3f} | – |")
+            cells.append((point, "latent", f"cresnet51 width {BUNDLED_WIDTH} (bundled)", f"{bundled[-1]['top1']:.2f}",
+                          f"{bundled[-1]['top5']:.2f}", 1, f"{g:.3f}", "–"))
+    md = markdown_table(["point", "input", "model", "top-1", "top-5", "seeds", "GMACs", "paper top-1 / top-5 (ImageNet)"],
+                        cells, "lllrrrrl")
     (res / "imagenette.json").write_text(json.dumps({"rows": table, "bundled": bundled}, indent=1) + "\n")
-    (res / "imagenette.md").write_text("\n".join(lines) + "\n")
+    (res / "imagenette.md").write_text(md + "\n")
     plots(done, table, res, bundled)
-    print("\n".join(lines))
+    print(md)
 
 
 def plots(done: dict, table: list, res: Path, bundled: list) -> None:
     """Fig. 3: validation top-5 per epoch (seed 0); Fig. 6: top-5 vs GMACs at c8, with and without the decoder."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4), sharey=True)
     for ax, point in zip(axes, ("c32", "c16", "c8")):
         for kind, model in (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39")):
@@ -175,7 +161,7 @@ def plots(done: dict, table: list, res: Path, bundled: list) -> None:
                 ax.plot([c["epoch"] for c in r["curve"]], [100 * c["top5"] for c in r["curve"]], label=f"{model} ({kind})")
         ax.set_title(point); ax.set_xlabel("epoch"); ax.grid(alpha=0.3); ax.legend()
     axes[0].set_ylabel("val top-5 [%]")
-    fig.tight_layout(); fig.savefig(res / "fig3_val_curves.png", dpi=100); plt.close(fig)
+    save_figure(fig, res / "fig3_val_curves.png")
     fig, ax = plt.subplots(figsize=(6, 4))
     c8 = [r for r in table if r["point"] == "c8" and r["input"] in ("decoded", "latent")]
     for kind, style in (("latent", "o-"), ("decoded", "s-")):
@@ -187,12 +173,11 @@ def plots(done: dict, table: list, res: Path, bundled: list) -> None:
         ax.plot([r["gmacs"]], [r["top5"]], "^", label=f"latent, {r['model']}")
     ax.set_xlabel("GMACs"); ax.set_ylabel("val top-5 [%]"); ax.set_title("c8: accuracy vs computation (Fig. 6)")
     ax.grid(alpha=0.3); ax.legend()
-    fig.tight_layout(); fig.savefig(res / "fig6_acc_vs_gmacs.png", dpi=100); plt.close(fig)
+    save_figure(fig, res / "fig6_acc_vs_gmacs.png")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["run", "collect"])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--cache", default="/root/cache")
     ap.add_argument("--runs", default="/root/cls")
@@ -205,7 +190,6 @@ def main():
     ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
     ap.add_argument("--rows", choices=["main", "all"], default="all",
                     help="main: Table 2's rows and the bundled ones; all: then the WebP rows and extra seeds")
-    ap.add_argument("--budget-minutes", type=float, default=9.0)
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)
 

@@ -268,11 +268,12 @@ def stage_train(a, res: Path, minutes: float) -> dict:
     n = gpus()
     jobs = []
     for i, point in enumerate(a.points.split(",")):
-        steps = state.get(point, {}).get("steps") or (plan_steps(bench, recipe, minutes - 1.0, n / len(a.points.split(",")), n)
+        rp = {**recipe, **POINTS[point].get("recipe", {})}  # a point's own overrides (points.json says why)
+        steps = state.get(point, {}).get("steps") or (plan_steps(bench, rp, minutes - 1.0, n / len(a.points.split(",")), n)
                                                       if not a.smoke else 8)
-        state[point] = {"steps": steps, "recipe": recipe}
+        state[point] = {"steps": steps, "recipe": rp}
         run = Path(a.runs) / point
-        cmd = train_cmd(a, point, run, recipe, steps, minutes, n if n > 1 or a.smoke_ddp else 1, 29500 + i, calibrate=True)
+        cmd = train_cmd(a, point, run, rp, steps, minutes, n if n > 1 or a.smoke_ddp else 1, 29500 + i, calibrate=True)
         jobs.append((cmd, {}, run / "stdout.log"))
     save(res, "train_plan.json", state)
     t0 = time.time()

@@ -18,6 +18,10 @@ for stage in "$@"; do
   echo "=== $stage with $m minutes ($(date -u +%T))"
   case $stage in
     cls)   cmd=(python3 experiments/classification/table2.py run --budget-minutes "$m" ${CLS_ARGS:-}) ;;
+    # matched width x seeds (issue 12), one job per GPU; `matchedsearch`: the recipe search on held-out train
+    matched) cmd=(python3 experiments/classification/matched.py run --budget-minutes "$m" --out /root/results/matched ${MATCHED_ARGS:-}) ;;
+    matchedsearch) cmd=(python3 experiments/classification/matched.py search --budget-minutes "$m" --out /root/results/matched ${MATCHED_ARGS:-}) ;;
+    matchedbench) cmd=(python3 experiments/classification/matched.py bench --out /root/results/matched ${MATCHED_ARGS:-}) ;;
     seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m" ${SEG_ARGS:-}) ;;
     speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m" ${SPEED_ARGS:-}) ;;
     joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;

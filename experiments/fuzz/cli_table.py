@@ -3,7 +3,7 @@
 `nodecode: error:` line and exit 2 with no output file left behind; never a traceback. Writes
 results/fuzz/cli_table.json and cli_table.md.
 
-    python experiments/fuzz/cli_table.py
+    PYTHONPATH=src python experiments/fuzz/cli_table.py
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "src"))
 LAST_WORD_ZERO = "4e44431a01026338f679a86a7a9d71aa0100000001000000080001000100060100000000000000316241c0"
 EMPTY_HUGE = "4e44431a01026338f679a86a7a9d71aa004000000040000008000008000806000000008c7ee5bc"
 

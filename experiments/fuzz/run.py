@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from mutations import FAMILIES, mutate, random_valid, seed_files  # noqa: E402
+from mutations import FAMILIES, mutate, random_valid, seed_files  # the sibling file: python experiments/fuzz/run.py
 
-from nodecode.errors import NodecodeError  # noqa: E402
+from nodecode.errors import NodecodeError
 
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = ("c8", "c16", "c32", "c8-joint")

@@ -10,52 +10,16 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import time
+from functools import partial
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from nodecode.experiments import (ROOT, Budget, Runs, device_name, experiment_parser, finished, load_runs,
+                                  markdown_table, pyplot, python_argv, run_jobs, save_figure)
 
 PAPER_BPP = {"c8": 0.0983, "c32": 0.635}
 ROWS = ("baseline", "compression_ft", "joint_ft")
-
-
-class Run:
-    """Stage bookkeeping: runs.json under --out, the time budget, wall time per stage."""
-
-    def __init__(self, a):
-        self.a, self.t0 = a, time.time()
-        self.out = Path(a.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.path = self.out / "runs.json"
-        self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
-
-    def left(self) -> float:
-        return self.a.budget_minutes - (time.time() - self.t0) / 60
-
-    def stage(self, key: str, fn):
-        """fn(max_minutes) -> dict or None (unfinished); recorded under key with its wall time and device."""
-        if key in self.done:
-            return self.done[key]
-        if self.left() < 0.75:
-            print(f"budget spent; next stage: {key}", flush=True)
-            return None
-        from nodecode.utils import provenance
-        t = time.time()
-        print(f"== {key} ({self.left():.1f} min left)", flush=True)
-        res = fn(self.left() - 0.5)
-        if res is None:
-            return None
-        self.done[key] = {**res, "wall_s": time.time() - t, "device": provenance()["device"]}
-        self.path.write_text(json.dumps(self.done, indent=1))
-        return self.done[key]
-
-
-def summary_of(run_dir: Path) -> dict | None:
-    p = run_dir / "summary.json"
-    return json.loads(p.read_text()) if p.exists() else None
 
 
 def measure(a, codec_path: str, classifier: str | None) -> dict:
@@ -85,16 +49,16 @@ def measure(a, codec_path: str, classifier: str | None) -> dict:
 def segmentation(a, codec_path: str, classifier: str, out: Path, seed: int, minutes: float) -> dict | None:
     """§6.1: freeze the codec, fine-tune cResNet-51-d from this backbone on CamVid (the App. A.5 recipe)."""
     from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
-    train_segmenter(SegmenterTrainConfig(data=a.camvid, out=str(out), model="cresnet51_d", input="latent",
+    s = finished(train_segmenter(SegmenterTrainConfig(data=a.camvid, out=str(out), model="cresnet51_d", input="latent",
                                          codec=codec_path, init=classifier, width=a.width, limit=a.limit,
                                          iters=a.seg_iters, cache_dir=a.cache, seed=seed,
                                          **({"batch_size": a.seg_batch_size} if a.seg_batch_size else {}), max_minutes=minutes,
-                                         progress=False))
-    s = summary_of(out)
+                                         progress=False)))
     return None if s is None else {"val": s.get("val"), "summary": str(out / "summary.json")}
 
 
-def run_point(r: Run, a, point: str, seed: int) -> bool:
+def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
+    """One operating point and seed through every stage; `stage(key, fn)` records finished ones (Runs.stage)."""
     from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, train_classifier
     from nodecode.tasks.joint import JointTrainConfig, train_joint
     work = Path(a.work) / point
@@ -104,45 +68,42 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
     def baseline_cls(m):
         if table2.exists():
             return {"classifier": str(table2), "trained_here": False}
-        train_classifier(ClassifierTrainConfig(data=a.data, out=str(base_dir), model="cresnet51", codec=point,
-                                               width=a.width, epochs=a.scratch_epochs, batch_size=a.cls_batch_size,
-                                               max_per_class=a.limit, cache_dir=a.cache, max_minutes=m, progress=False))
-        s = summary_of(base_dir)
+        s = finished(train_classifier(ClassifierTrainConfig(
+            data=a.data, out=str(base_dir), model="cresnet51", codec=point, width=a.width, epochs=a.scratch_epochs,
+            batch_size=a.cls_batch_size, max_per_class=a.limit, cache_dir=a.cache, max_minutes=m, progress=False)))
         return s and {"classifier": str(base_dir / "classifier.safetensors"), "trained_here": True,
                       "minutes": s["minutes"]}
 
-    def joint_cfg(out, classifier, m):
-        return JointTrainConfig(data=a.data, out=str(out), codec=point, classifier=classifier, epochs=a.epochs,
+    def joint_cfg(run_dir, classifier, m):
+        return JointTrainConfig(data=a.data, out=str(run_dir), codec=point, classifier=classifier, epochs=a.epochs,
                                 batch_size=a.batch_size, max_per_class=a.limit, cache_dir=a.cache, seed=seed,
                                 max_minutes=m, progress=False, image_size=a.image_size)
 
-    def joint_stage(out, classifier):
+    def joint_stage(run_dir, classifier):
         def fn(m):
-            train_joint(joint_cfg(out, classifier, m))
-            s = summary_of(out)
+            s = finished(train_joint(joint_cfg(run_dir, classifier, m)))
             return s and {"val": s["val"], "minutes": s["minutes"], "steps": s["steps"], "beta": s["beta"],
-                          "target_entropy": s["target_entropy"], "codec": str(out / "codec.safetensors"),
-                          "classifier": str(out / "classifier.safetensors") if classifier else None}
+                          "target_entropy": s["target_entropy"], "codec": str(run_dir / "codec.safetensors"),
+                          "classifier": str(run_dir / "classifier.safetensors") if classifier else None}
         return fn
 
-    def cls_stage(out, codec, **kw):
+    def cls_stage(run_dir, codec, **kw):
         def fn(m):
-            train_classifier(ClassifierTrainConfig(data=a.data, out=str(out), model="cresnet51", codec=codec,
-                                                   width=width, batch_size=a.cls_batch_size, max_per_class=a.limit,
-                                                   cache_dir=a.cache, seed=seed, max_minutes=m, progress=False, **kw))
-            s = summary_of(out)
-            return s and {"val": s["val"], "minutes": s["minutes"], "classifier": str(out / "classifier.safetensors")}
+            s = finished(train_classifier(ClassifierTrainConfig(
+                data=a.data, out=str(run_dir), model="cresnet51", codec=codec, width=width, batch_size=a.cls_batch_size,
+                max_per_class=a.limit, cache_dir=a.cache, seed=seed, max_minutes=m, progress=False, **kw)))
+            return s and {"val": s["val"], "minutes": s["minutes"], "classifier": str(run_dir / "classifier.safetensors")}
         return fn
 
-    base = r.stage(f"{point}/baseline-cls", baseline_cls)
+    base = stage(f"{point}/baseline-cls", baseline_cls)
     if not base:
         return False
     width = load_classifier(base["classifier"])[1]["width"]
-    joint = r.stage(f"{point}/joint-s{seed}", joint_stage(work / f"joint-s{seed}", base["classifier"]))
-    ft = joint and r.stage(f"{point}/ft", joint_stage(work / "ft", None))
-    scratch = ft and r.stage(f"{point}/scratch-s{seed}", cls_stage(work / f"scratch-s{seed}", ft["codec"],
+    joint = stage(f"{point}/joint-s{seed}", joint_stage(work / f"joint-s{seed}", base["classifier"]))
+    ft = joint and stage(f"{point}/ft", joint_stage(work / "ft", None))
+    scratch = ft and stage(f"{point}/scratch-s{seed}", cls_stage(work / f"scratch-s{seed}", ft["codec"],
                                                                     epochs=a.scratch_epochs))
-    more = scratch and r.stage(f"{point}/control-s{seed}", cls_stage(
+    more = scratch and stage(f"{point}/control-s{seed}", cls_stage(
         work / f"control-s{seed}", ft["codec"], init=scratch["classifier"], epochs=a.more_epochs,
         lr_epochs=(3, 6), base_lr=0.0025))
     if not more:
@@ -150,47 +111,56 @@ def run_point(r: Run, a, point: str, seed: int) -> bool:
     rows = (("baseline", point, base["classifier"]), ("compression_ft", ft["codec"], more["classifier"]),
             ("joint_ft", joint["codec"], joint["classifier"]))
     # the baseline's codec and classifier do not depend on the seed: measured once
-    ok = all(r.stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k))
+    ok = all(stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k))
              for row, c, k in rows if seed == 0 or row != "baseline")
     if ok and seed == 0:  # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
         for ext in (".safetensors", ".json"):
-            dst = r.out / "weights" / f"{point}-joint{ext}"
+            dst = out / "weights" / f"{point}-joint{ext}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / f"joint-s{seed}" / f"codec{ext}", dst)
     if ok and a.segmentation:  # one segmenter per row and seed (the seed also drives the segmenter's own init)
         for row, c, k in rows:
-            ok = ok and r.stage(f"{point}/seg/{row}-s{seed}", lambda m, c=c, k=k, row=row: segmentation(
+            ok = ok and stage(f"{point}/seg/{row}-s{seed}", lambda m, c=c, k=k, row=row: segmentation(
                 a, c, k, work / f"seg-{row}-s{seed}", seed, m)) is not None
     return bool(ok)
 
 
 def run(a) -> None:
-    import torch
-    r = Run(a)
-    print(f"device: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}", flush=True)
+    points = a.points.split(",")
+    if a.parallel and len(points) > 1:   # one process per point, each with its own runs.json and cache
+        codes = run_jobs([(f"joint-{p}", python_argv(__file__, "run", *point_args(a, p))) for p in points],
+                         per_gpu=len(points), log_dir=Path(a.out) / "logs")
+        print(f"exit codes: {codes}; logs in {Path(a.out) / 'logs'}")
+        return
+    runs, budget = Runs(Path(a.out) / "runs.json"), Budget(a.budget_minutes)
+    stage = partial(runs.stage, budget=budget, reserve=0.75)
+    print(f"device: {device_name()}", flush=True)
     for seed in range(a.seeds):
-        for point in a.points.split(","):
-            if not run_point(r, a, point, seed):
-                break
-        else:
+        if not all(run_point(stage, Path(a.out), a, point, seed) for point in points):
+            break
+    f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
+    print(markdown_table(
+        ["stage", "wall s", "top-1", "top-5", "mIoU", "bpp (Imagenette)", "Kodak bpp", "PSNR", "MS-SSIM"],
+        [(k, f"{v.get('wall_s', 0):.0f}", *(f(val.get(m)) for m in ("top1", "top5", "miou")), f(v.get("imagenette_bpp")),
+          f(kd.get("bpp")), f(kd.get("psnr"), ".2f"), f(kd.get("ms_ssim")))
+         for k, v in runs.items() for val, kd in [(v.get("val") or v, v.get("kodak", {}))]]), flush=True)
+    print(f"total wall this call: {budget.elapsed():.2f} min")
+
+
+def point_args(a, point: str) -> list[str]:
+    """This call's flags for a one-point process of --parallel: its own --out and --cache."""
+    skip = {"stage", "points", "parallel", "out", "cache", "runs_json"}
+    flags = []
+    for k, v in vars(a).items():
+        if k in skip or v is None or v is False:
             continue
-        break
-    print("| stage | wall s | top-1 | top-5 | mIoU | bpp (Imagenette) | Kodak bpp | PSNR | MS-SSIM |\n"
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for k, v in r.done.items():
-        val = v.get("val") or v
-        kd = v.get("kodak", {})
-        f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
-        print(f"| {k} | {v.get('wall_s', 0):.0f} | {f(val.get('top1'))} | {f(val.get('top5'))} | {f(val.get('miou'))} | {f(v.get('imagenette_bpp'))} | "
-              f"{f(kd.get('bpp'))} | {f(kd.get('psnr'), '.2f')} | {f(kd.get('ms_ssim'))} |", flush=True)
-    print(f"total wall this call: {(time.time() - r.t0) / 60:.2f} min")
+        flags += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
+    return flags + ["--points", point, "--out", f"{a.out}-{point}", "--cache", f"{a.cache}-{point}"]
 
 
 def collect(a) -> None:
     import numpy as np
-    done = {}
-    for f in a.runs_json:  # one runs.json per parallel process (per point), merged
-        done.update(json.loads(Path(f).read_text()))
+    done = load_runs(*a.runs_json)  # one runs.json per parallel process (per point), merged
     res = ROOT / "results" / "joint"
     res.mkdir(parents=True, exist_ok=True)
     points = sorted({k.split("/")[0] for k in done}, key=lambda p: int(p[1:]))
@@ -214,20 +184,20 @@ def collect(a) -> None:
         table[p]["stage_wall_s"] = {k.split("/", 1)[1]: v["wall_s"] for k, v in done.items() if k.startswith(p + "/")}
         table[p]["device"] = next((v["device"] for k, v in done.items() if k.startswith(p + "/")), None)
     (res / "summary.json").write_text(json.dumps({"points": table, "paper_bpp": PAPER_BPP}, indent=1) + "\n")
-    lines = ["| point | row | bpp Kodak | bpp Imagenette | PSNR | SSIM | MS-SSIM | top-1 | top-5 | mIoU | seeds |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    cells = []
     for p in points:
         for row in ROWS:
             if row in table[p]:
                 t = table[p][row]
                 k, miou = t["kodak"], t["miou"]
-                miou_s = "–" if miou is None else f"{miou:.2f} ± {t['miou_std']:.2f} ({t['miou_seeds']})"
-                lines.append(f"| {p} | {row} | {k['bpp']:.4f} | {t['imagenette_bpp']:.4f} | {k['psnr']:.2f} | "
-                             f"{k['ssim']:.4f} | {k['ms_ssim']:.4f} | {t['top1']:.2f} ± {t['top1_std']:.2f} | "
-                             f"{t['top5']:.2f} | {miou_s} | {t['seeds']} |")
-    (res / "summary.md").write_text("\n".join(lines) + "\n")
+                cells.append((p, row, f"{k['bpp']:.4f}", f"{t['imagenette_bpp']:.4f}", f"{k['psnr']:.2f}", f"{k['ssim']:.4f}",
+                              f"{k['ms_ssim']:.4f}", f"{t['top1']:.2f} ± {t['top1_std']:.2f}", f"{t['top5']:.2f}",
+                              "–" if miou is None else f"{miou:.2f} ± {t['miou_std']:.2f} ({t['miou_seeds']})", t["seeds"]))
+    md = markdown_table(["point", "row", "bpp Kodak", "bpp Imagenette", "PSNR", "SSIM", "MS-SSIM", "top-1", "top-5", "mIoU",
+                         "seeds"], cells, "ll" + "r" * 9)
+    (res / "summary.md").write_text(md + "\n")
     plots(table, res)
-    print("\n".join(lines))
+    print(md)
 
 
 def _arrows(ax, table, x, y):
@@ -246,9 +216,7 @@ def _arrows(ax, table, x, y):
 
 
 def plots(table, res: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, m, lab in zip(axes, ("top1", "miou"), ("top-1, Imagenette val [%]", "mIoU, CamVid val [%]")):
         _arrows(ax, {p: {r: v for r, v in rows.items() if isinstance(v, dict) and v.get(m) is not None}
@@ -256,7 +224,7 @@ def plots(table, res: Path) -> None:
         ax.set_xscale("log"); ax.set_xlabel("bpp (real .ndc, Imagenette val)"); ax.set_ylabel(lab)
         ax.grid(alpha=0.3); ax.legend()
     fig.suptitle("Fig. 7: classification and segmentation, baseline -> fine-tuned (mean of 3 seeds)")
-    fig.tight_layout(); fig.savefig(res / "fig7_accuracy.png", dpi=100); plt.close(fig)
+    save_figure(fig, res / "fig7_accuracy.png")
     points = [p for p in table if "baseline" in table[p]]
     fig, axes = plt.subplots(len(points), 3, figsize=(14, 3.6 * len(points)), squeeze=False)
     for p, row in zip(points, axes):  # one row per operating point, as App. A.7 (the points are far apart in bpp)
@@ -265,12 +233,11 @@ def plots(table, res: Path) -> None:
             ax.set_xlabel("bpp (real .ndc, Kodak)"); ax.set_ylabel(lab); ax.grid(alpha=0.3); ax.legend(fontsize=8)
             ax.set_title(f"{p}: {lab}", fontsize=10)
     fig.suptitle("Fig. 11: compression metrics, baseline -> fine-tuned (joint: mean of 3 seeds' codecs)")
-    fig.tight_layout(); fig.savefig(res / "fig11_compression.png", dpi=100); plt.close(fig)
+    save_figure(fig, res / "fig11_compression.png")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["run", "collect"])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--kodak", default="/root/data/kodak")
     ap.add_argument("--camvid", default="/root/data/camvid")
@@ -294,7 +261,9 @@ def main():
     ap.add_argument("--segmentation", action="store_true", help="also the §6.1 CamVid stage (cResNet-51-d on the new codecs)")
     ap.add_argument("--seg-iters", type=int, default=None, help="segmentation iterations (default: App. A.5 scaled, 694)")
     ap.add_argument("--seg-batch-size", type=int, default=None, help="default: App. A.5's 10 (smaller for smoke tests)")
-    ap.add_argument("--budget-minutes", type=float, default=9.0)
+    ap.add_argument("--parallel", action="store_true",
+                    help="run: one process per point side by side on the visible GPU(s), each with --out/--cache "
+                         "suffixed -POINT (collect those runs.json files with --runs-json)")
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)
 

@@ -13,15 +13,14 @@ Backbones start from the Table 2 classifiers: /root/cls/<point>-<input>-<classif
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from nodecode.experiments import (ROOT, Budget, Runs, device_name, experiment_parser, markdown_table, pyplot,
+                                  save_figure)
 
 PAPER_MIOU = {  # Table 2, PASCAL VOC 2012 val
     ("none", "rgb", "resnet50_d"): 65.75,
@@ -65,15 +64,15 @@ def needs_more_seeds(done: dict) -> set:
     return {a for a in m for b in m if a != b and a[0] == b[0] and abs(m[a] - m[b]) < 0.01}
 
 
-def train_one(a, point, kind, model, seed, left, run_dir, init, width=1.0) -> dict | None:
+def train_one(a, point, kind, model, seed, minutes, run_dir, init, width=1.0) -> dict | None:
     from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
-    train_segmenter(SegmenterTrainConfig(
+    r = train_segmenter(SegmenterTrainConfig(
         data=a.data, out=str(run_dir), model=model, input=kind, codec=point if point != "none" else "c8", init=init,
         width=width * a.width, iters=a.iters, batch_size=a.batch_size, limit=a.limit, cache_dir=a.cache, seed=seed,
-        max_minutes=left - 0.5, progress=False))
-    if not (run_dir / "summary.json").exists():
+        max_minutes=minutes, progress=False))
+    if not r.finished:
         return None
-    s = json.loads((run_dir / "summary.json").read_text())
+    s = r.summary
     print(f"{key(point, kind, model, seed)}: val mIoU {100 * s['val']['miou']:.2f}, test {100 * s['test']['miou']:.2f}, "
           f"{s['minutes']:.2f} min on {s['device']}", flush=True)
     return {"point": point, "input": kind, "model": model, "seed": seed, "width": width * a.width, "init": init,
@@ -83,15 +82,13 @@ def train_one(a, point, kind, model, seed, left, run_dir, init, width=1.0) -> di
 
 def figure5(a, out: Path, done: dict) -> None:
     """Original, decoded, mask from decoded RGB (ResNet-50-d), mask from the latent (cResNet-51-d), ground truth."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
     from nodecode.codec.zoo import load_codec
     from nodecode.data.augment import InputPipeline
     from nodecode.data.segmentation import CAMVID_COLOURS, IGNORE, load_segmentation, scan_segmentation
     from nodecode.tasks.segmentation import load_segmenter, predict
-    from nodecode.utils import atomic_path, pick_device
+    from nodecode.utils import pick_device
+    plt = pyplot()
     dev = pick_device()
     pal = np.array(list(CAMVID_COLOURS) + [(0, 0, 0)] * (256 - len(CAMVID_COLOURS)), np.uint8)
     folder = scan_segmentation(a.data, "val", a.limit)
@@ -125,39 +122,19 @@ def figure5(a, out: Path, done: dict) -> None:
                 ax.set_title(title if r == 0 or c == 1 else "", fontsize=9)
                 ax.axis("off")
             r += 1
-    fig.tight_layout()
-    with atomic_path(out / "fig5_camvid.png") as tmp:
-        fig.savefig(tmp, dpi=70, format="png")
-    plt.close(fig)
+    save_figure(fig, out / "fig5_camvid.png", dpi=70)
 
 
 def run(a) -> None:
-    import torch
     from nodecode.tasks.segmentation import load_segmenter, save_segmenter
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = out / "runs.json"
-    done = json.loads(state.read_text()) if state.exists() else {}
-    t0 = time.time()
-    left = lambda: a.budget_minutes - (time.time() - t0) / 60  # noqa: E731
-
-    def save():
-        state.write_text(json.dumps(done, indent=1))
+    runs, budget = Runs(out / "runs.json"), Budget(a.budget_minutes)
 
     def do(point, kind, model, seed, k=None, init="table2", width=1.0):
         k = k or key(point, kind, model, seed)
-        if k in done:
-            return True
-        if left() < 1.0:
-            print(f"budget spent; next: {k}", flush=True)
-            return False
-        print(f"start {k} ({left():.1f} min left)", flush=True)
-        init = init_path(a, point, kind, model) if init == "table2" else init
-        r = train_one(a, point, kind, model, seed, left(), Path(a.runs) / k, init, width)
-        if r is not None:
-            done[k] = r
-            save()
-        return r is not None
+        init = (init_path(a, point, kind, model) if k not in runs else None) if init == "table2" else init
+        return runs.stage(k, lambda m: train_one(a, point, kind, model, seed, m, Path(a.runs) / k, init, width),
+                          budget) is not None
 
     ok = all([do(*r, 0) for r in rows()])
     if not Path(a.bundled_init).exists():
@@ -165,20 +142,20 @@ def run(a) -> None:
     if ok and do(*BUNDLED, 0, k="bundled", init=a.bundled_init if Path(a.bundled_init).exists() else None, width=0.25):
         if not (out / "segmenter-c8.safetensors").exists():
             net, meta = load_segmenter(Path(a.runs) / "bundled")
-            save_segmenter(net, out / "segmenter-c8.safetensors", {**meta, "val_miou": done["bundled"]["val"]["miou"],
-                                                                   "test_miou": done["bundled"]["test"]["miou"]},
+            save_segmenter(net, out / "segmenter-c8.safetensors", {**meta, "val_miou": runs["bundled"]["val"]["miou"],
+                                                                   "test_miou": runs["bundled"]["test"]["miou"]},
                            half=True)
-        if not (out / "fig5_camvid.png").exists() and left() > 0.5:
-            figure5(a, out, done)
+        if not (out / "fig5_camvid.png").exists() and budget.left() > 0.5:
+            figure5(a, out, runs.done)
         if a.extra_seeds:
             for s in (1, 2):
-                for r in sorted(needs_more_seeds(done)):
+                for r in sorted(needs_more_seeds(runs.done)):
                     do(*r, s)
-    save()
-    print(f"\n{len(done)} runs finished on {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu'}")
-    print("| run | val mIoU | test mIoU | minutes |\n|---|---:|---:|---:|")
-    for k, r in done.items():
-        print(f"| {k} | {100 * r['val']['miou']:.2f} | {100 * r['test']['miou']:.2f} | {r['minutes']:.2f} |")
+    runs.save()
+    print(f"\n{len(runs)} runs finished on {device_name()}")
+    print(markdown_table(["run", "val mIoU", "test mIoU", "minutes"],
+                         [(k, f"{100 * r['val']['miou']:.2f}", f"{100 * r['test']['miou']:.2f}", f"{r['minutes']:.2f}")
+                          for k, r in runs.items()]))
 
 
 def collect(a) -> None:
@@ -216,30 +193,26 @@ def collect(a) -> None:
     (res / "camvid.json").write_text(json.dumps({"rows": table, "note": "mIoU in %, CamVid val (101 frames) and test "
                                                  "(233 frames), 11 classes; GMACs at 320x320 RGB / 40x40 latent"},
                                                 indent=1) + "\n")
-    lines = ["| point | input | model | val mIoU | test mIoU | seeds | GMACs | paper mIoU (VOC) | min/run |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in table:
-        lines.append(f"| {r['point']} | {r['input']} | {r['model']} | {r['miou']:.2f} ± {r['miou_std']:.2f} | "
-                     f"{r['miou_test']:.2f} | {r['seeds']} | {r['gmacs']:.1f} | {r['paper_miou'] or '–'} | {r['minutes']:.2f} |")
-    (res / "camvid.md").write_text("\n".join(lines) + f"\n\nDevice: {table[0]['device'] if table else '?'}\n")
+    md = markdown_table(["point", "input", "model", "val mIoU", "test mIoU", "seeds", "GMACs", "paper mIoU (VOC)", "min/run"],
+                        [(r["point"], r["input"], r["model"], f"{r['miou']:.2f} ± {r['miou_std']:.2f}",
+                          f"{r['miou_test']:.2f}", r["seeds"], f"{r['gmacs']:.1f}", r["paper_miou"] or "–",
+                          f"{r['minutes']:.2f}") for r in table], "lllrrrrrr")
+    (res / "camvid.md").write_text(md + f"\n\nDevice: {table[0]['device'] if table else '?'}\n")
     plot(table, res)
     fig5, bundled = Path(a.done).parent / "fig5_camvid.png", Path(a.done).parent / "segmenter-c8.safetensors"
-    if fig5.exists():
+    if fig5.exists() and fig5.resolve() != (res / "fig5_camvid.png").resolve():   # not when --done is in results/
         shutil.copyfile(fig5, res / "fig5_camvid.png")
     if bundled.exists():  # the bundled segmenter `nodecode segment` and the demo use
         weights = ROOT / "src" / "nodecode" / "weights"
         for suffix in (".safetensors", ".json"):
             shutil.copyfile(bundled.with_suffix(suffix), weights / f"segmenter-c8{suffix}")
         print(f"bundled segmenter copied to {weights}/segmenter-c8.safetensors ({bundled.stat().st_size / 2**20:.2f} MiB)")
-    print("\n".join(lines))
+    print(md)
 
 
 def plot(table: list, res: Path) -> None:
     """Fig. 6 right: val mIoU vs GMACs at c8, latent vs decoded, decoded with and without the decoder's cost."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     c8 = [r for r in table if r["point"] == "c8" and "bundled" not in r["model"]]
     for kind, style in (("latent", "o-"), ("decoded", "s-")):
         rs = sorted((r for r in c8 if r["input"] == kind), key=lambda r: r["gmacs"])
@@ -250,12 +223,11 @@ def plot(table: list, res: Path) -> None:
             ax.annotate(r["model"], (r["gmacs"], r["miou"]), fontsize=7)
     ax.set_xlabel("GMACs (320x320 RGB / 40x40 latent)"); ax.set_ylabel("CamVid val mIoU [%]")
     ax.set_title("c8: mIoU vs computation (Fig. 6 right)"); ax.grid(alpha=0.3); ax.legend()
-    fig.tight_layout(); fig.savefig(res / "fig6_miou_vs_gmacs.png", dpi=100); plt.close(fig)
+    save_figure(fig, res / "fig6_miou_vs_gmacs.png")
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["run", "collect"])
+    ap = experiment_parser(__doc__)
     ap.add_argument("--data", default="/root/data/camvid")
     ap.add_argument("--cache", default="/root/cache")
     ap.add_argument("--cls", default="/root/cls", help="the Table 2 classifiers (backbone initialisation)")
@@ -268,7 +240,6 @@ def main():
     ap.add_argument("--width", type=float, default=1.0, help="< 1 only for smoke tests")
     ap.add_argument("--limit", type=int, default=None, help="first N frames per split (smoke tests)")
     ap.add_argument("--no-extra-seeds", dest="extra_seeds", action="store_false")
-    ap.add_argument("--budget-minutes", type=float, default=9.0)
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)
 

@@ -8,15 +8,13 @@
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from nodecode.experiments import ROOT, Budget, experiment_parser, markdown_table, pyplot, save_figure
 
 STAGES = ("networks", "kodak", "e2e")
 
@@ -30,10 +28,10 @@ def run(a) -> None:
 
     from nodecode.bench.speed import SpeedConfig, format_rows, run_speed
     from nodecode.utils import provenance, write_json
-    t0 = time.time()
+    budget = Budget(a.budget_minutes)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    left = lambda: a.budget_minutes * 60 - (time.time() - t0)  # noqa: E731
+    left = lambda: budget.left() * 60  # noqa: E731   (seconds)
     dev = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     prov = provenance("experiments/speed/run.py run")
     print(f"device: {prov['device']}; budget {a.budget_minutes} min", flush=True)
@@ -63,10 +61,10 @@ def run(a) -> None:
               "codec": (parts["kodak"] or {}).get("rows", []), "peak": parts["networks"].get("peak"),
               "compile_s": parts["networks"]["compile_s"], "config": parts["networks"].get("config"),
               "finished": [s for s in STAGES if parts[s] and parts[s].get("complete", True)],
-              "wall_s_this_call": time.time() - t0, **prov}
+              "wall_s_this_call": budget.elapsed() * 60, **prov}
     write_json(out / "speed.json", merged)
     print(format_rows(merged["rows"]))
-    print(f"stages finished: {merged['finished']}; wall {time.time() - t0:.0f}s on {prov['device']}", flush=True)
+    print(f"stages finished: {merged['finished']}; wall {budget.elapsed() * 60:.0f}s on {prov['device']}", flush=True)
 
 
 def card_slug(device: str) -> str:
@@ -125,13 +123,14 @@ def collect(a) -> None:
     (dst / f"{name}.json").write_text(json.dumps({**res, "targets": tg}, indent=1) + "\n")
     lines = [f"# Speed on {res['device']} (torch {res['torch']}, commit {res['git_commit']})", "",
              "Random weights for the network timings (timing only); 1000-class heads, 21-class -d heads, latent C = 8.",
-             "", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'no'} |" for t in tg]
+             "", markdown_table(["target", "measured", "met"],
+                                [(t["target"], t["measured"], "yes" if t["met"] else "no") for t in tg], "lll")]
     lines += ["", format_rows(res["rows"]), ""]
     if res.get("codec"):
-        lines += ["| Kodak | device | threads | precision | encode ms | decode ms | bpp |", "|---|---|---|---|---:|---:|---:|"]
-        lines += [f"| {r['model']} | {r['device']} | {r['threads'] or 'all'} | {r.get('precision', '')} | {r['encode_ms']:.2f} | "
-                  f"{r['decode_ms']:.2f} | {r['bpp']:.3f} |" for r in res["codec"]]
+        lines.append(markdown_table(
+            ["Kodak", "device", "threads", "precision", "encode ms", "decode ms", "bpp"],
+            [(r["model"], r["device"], r["threads"] or "all", r.get("precision", ""), f"{r['encode_ms']:.2f}",
+              f"{r['decode_ms']:.2f}", f"{r['bpp']:.3f}") for r in res["codec"]], "llllrrr"))
     (dst / "speed.md").write_text("\n".join(lines) + "\n")
     plot(res, dst / "fig12.png")
     print("\n".join(lines))
@@ -139,13 +138,10 @@ def collect(a) -> None:
 
 def plot(res: dict, path: Path) -> None:
     """Fig. 12: ms per image of each network (and RGB + decoder) per implementation; classification and -d."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
     rows = [r for r in res["rows"] if not r["path"].startswith("e2e")]
     impls = [i for i in ("eager-fp32", "eager-bf16", "optimized", "compiled") if any(r["impl"] == i for r in rows)]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
+    fig, axes = pyplot().subplots(1, 2, figsize=(13, 4.5))
     for ax, seg in zip(axes, (False, True)):
         models = list(dict.fromkeys(r["model"] for r in rows if r["path"].startswith("seg") == seg))
         for k, impl in enumerate(impls):
@@ -156,12 +152,11 @@ def plot(res: dict, path: Path) -> None:
         ax.set_ylabel("ms per image"); ax.set_title(f"{'segmentation (-d)' if seg else 'classification'}, batch {b}")
         ax.grid(alpha=0.3, axis="y"); ax.legend()
     fig.suptitle(f"Fig. 12-style: inference time per image on {res['device']}")
-    fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
+    save_figure(fig, path)
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("stage", choices=["run", "collect"])
+    ap = experiment_parser(__doc__, budget_minutes=5.0)
     ap.add_argument("--out", default=os.environ.get("SPEED_OUT", "/root/results/speed"))
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--kodak", default="/root/data/kodak")
@@ -181,7 +176,6 @@ def main():
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--kodak-limit", type=int, default=None)
     ap.add_argument("--cpu-images", type=int, default=3)
-    ap.add_argument("--budget-minutes", type=float, default=5.0)
     ap.add_argument("--reserve-minutes", type=float, default=2.0, help="kept from the networks stage for kodak + e2e")
     a = ap.parse_args()
     run(a) if a.stage == "run" else collect(a)

@@ -14,7 +14,7 @@ import torch
 from nodecode.codec.files import compress_file
 from nodecode.codec.zoo import OPERATING_POINTS, load_codec
 from nodecode.data.images import list_images, load_image, save_image, to_tensor, to_uint8
-from nodecode.eval.baselines import decode, match_bpp
+from nodecode.codec.classical import decode, match_bpp
 from nodecode.eval.metrics import image_metrics
 from nodecode.utils import atomic_path, atomic_write_bytes, pick_device, provenance, write_json
 

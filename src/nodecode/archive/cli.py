@@ -1,9 +1,10 @@
 """`nodecode archive init|add|search|similar|get|stats` and `nodecode serve`; `add_commands` hooks them in."""
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from nodecode.config import add_json_option, emit_json
 
 
 def _init(a):
@@ -29,9 +30,8 @@ def _add(a):
         raise NodecodeError(f"{r['rejected']} file(s) rejected (see above)")
 
 
-def _print_hits(hits, as_json):
-    if as_json:
-        print(json.dumps(hits, indent=2))
+def _print_hits(hits, json_dest):
+    if emit_json(json_dest, hits):
         return
     for h in hits:
         score = "" if h.get("score") is None else f"  {h['score']:.3f}"
@@ -75,8 +75,7 @@ def _stats(a):
     from nodecode.archive.store import Archive
     with Archive(a.archive) as ar:
         s = ar.stats()
-    if a.json:
-        print(json.dumps(s, indent=2))
+    if emit_json(a.json, s):
         return
     ratio = f" ({s['ratio']:.1f}x smaller)" if s["ratio"] else ""
     print(f"{s['images']} images, {s['ndc_bytes']} bytes of .ndc vs {s['original_bytes']} bytes of originals{ratio}; "
@@ -112,14 +111,14 @@ def add_commands(sub) -> None:
     s.add_argument("text")
     s.add_argument("--min-score", type=float, default=0.0)
     s.add_argument("--limit", type=int, default=50)
-    s.add_argument("--json", action="store_true")
+    add_json_option(s, "the hits")
     s.set_defaults(fn=_search)
     m = ar.add_parser("similar", help="nearest images by embedding, to a stored id or an image file")
     m.add_argument("archive")
     m.add_argument("query", metavar="ID_OR_IMAGE")
     m.add_argument("-k", type=int, default=10)
     m.add_argument("--device", default=None)
-    m.add_argument("--json", action="store_true")
+    add_json_option(m, "the hits")
     m.set_defaults(fn=_similar)
     g = ar.add_parser("get", help="decode a stored image to PNG")
     g.add_argument("archive")
@@ -128,7 +127,7 @@ def add_commands(sub) -> None:
     g.set_defaults(fn=_get)
     t = ar.add_parser("stats", help="images, bytes on disk vs the originals, per-label counts")
     t.add_argument("archive")
-    t.add_argument("--json", action="store_true")
+    add_json_option(t, "the statistics")
     t.set_defaults(fn=_stats)
     v = sub.add_parser("serve", help="HTTP API and web page over an archive")
     v.add_argument("archive")

@@ -61,7 +61,7 @@ def time_codec(codec, images: list[np.ndarray], exact: bool = True) -> dict:
 
 def time_pillow(images: list[np.ndarray], fmt: str, bpps: list[float], repeats: int = 3) -> dict:
     """Median ms per image of Pillow encode and decode at the quality matched to each image's target bpp."""
-    from nodecode.eval.baselines import decode, encode, match_bpp
+    from nodecode.codec.classical import decode, encode, match_bpp
     enc, dec, real = [], [], []
     for img, bpp in zip(images, bpps):
         data, b, q = match_bpp(img, fmt, bpp)

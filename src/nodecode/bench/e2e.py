@@ -50,7 +50,7 @@ def decode_ndc_chunk(paths: list[str]) -> np.ndarray:
 
 def decode_image_chunk(paths: list[str]) -> np.ndarray:
     """Pillow-decode image files (JPEG, WebP, ...) to uint8 (N, 3, H, W)."""
-    from nodecode.eval.baselines import decode
+    from nodecode.codec.classical import decode
     return np.stack([decode(Path(p).read_bytes()).transpose(2, 0, 1) for p in paths])
 
 
@@ -76,7 +76,7 @@ def write_ndc(images: list[np.ndarray], names: list[str], out: Path, codec, batc
 
 
 def _match_one(args):
-    from nodecode.eval.baselines import match_bpp
+    from nodecode.codec.classical import match_bpp
     img, fmt, bpp = args
     data, real, _ = match_bpp(img, fmt, bpp)
     return data, real

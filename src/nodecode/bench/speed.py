@@ -11,12 +11,14 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
 from nodecode.bench.flops import count_macs, model_gmacs
 from nodecode.bench.fuse import GraphRunner, fold_bn, maybe_graph
+from nodecode.config import option
 from nodecode.errors import NodecodeError
 
 IMPLS = ("eager-fp32", "eager-bf16", "optimized", "compiled")
@@ -26,20 +28,35 @@ SEG_MODELS = ("resnet50_d", "resnet71_d", "cresnet39_d", "cresnet51_d", "cresnet
 
 @dataclass
 class SpeedConfig:
-    device: str = "cuda"
-    models: tuple = CLS_MODELS + SEG_MODELS + ("resnet50+decoder", "resnet71+decoder")
-    impls: tuple = IMPLS
-    batch: int = 256                 # classification (Fig. 12)
-    seg_batch: int = 20              # -d networks, 320x320 / 40x40
-    latent_channels: int = 8         # C of the c8 operating point (Fig. 12's point)
+    device: Literal["cuda", "cpu"] = option("cuda", "where the networks are timed")
+    models: tuple[str, ...] = option(CLS_MODELS + SEG_MODELS + ("resnet50+decoder", "resnet71+decoder"),
+                                     "networks timed (comma list)")
+    impls: tuple[str, ...] = option(IMPLS, "implementations timed (comma list)")
+    batch: int = option(256, "classification batch (Fig. 12)")
+    seg_batch: int = option(20, "-d networks' batch, 320x320 / 40x40")
+    latent_channels: int = option(8, "latent C (bundled codec cC; Fig. 12's point is c8)", flag="channels")
     num_classes: int = 1000          # ImageNet head (Fig. 12); -d networks keep their registered 21
-    width: float = 1.0
-    warmup: int = 5
-    iters: int = 20
-    sets: int = 4
-    compile_models: tuple = ("cresnet51", "resnet50+decoder", "resnet50")
-    compile_budget_s: float = 240.0  # stop compiling once this much compile time has been spent
-    peak_n: int = 8192
+    width: float = option(1.0, "channel width multiplier")
+    warmup: int = option(5, "untimed calls first")
+    iters: int = option(20, "timed calls (the median is reported)")
+    sets: int = option(4, "distinct input tensors cycled")
+    compile_models: tuple[str, ...] = option(("cresnet51", "resnet50+decoder", "resnet50"),
+                                             "networks also torch.compiled (comma list)")
+    compile_budget_s: float = option(240.0, "stop compiling once this much compile time has been spent")
+    peak_n: int = option(8192, "matrix side of the bf16 matmul peak measurement")
+    # end to end from files (bench.e2e) and the Kodak codec speed (bench.codec_speed): off unless a folder is given
+    e2e_data: str | None = option(None, "ImageFolder (e.g. imagenette2-224/val): run end to end from files")
+    e2e_work: str | None = option(None, "where the .ndc/JPEG/WebP files are written (kept, reused; default: a "
+                                        "temporary folder)")
+    e2e_limit: int | None = option(1024, "images of --e2e-data used")
+    e2e_batch: int = option(256, "end-to-end batch")
+    e2e_points: tuple[str, ...] = option(("c8", "c16"), "operating points of the .ndc shard rows (JPEG at each's bpp)")
+    e2e_train_steps: int = option(30, "training steps timed per training-input row")
+    workers: int | None = option(None, "decoding worker processes (default: the CPU count)")
+    classifiers: str | None = option(None, "folder of trained <point>-<input>-<model>-s0 runs (top-1 of the e2e rows)")
+    kodak: str | None = option(None, "Kodak folder: codec encode/decode speed")
+    kodak_limit: int | None = option(None, "only the first N Kodak images")
+    cpu_images: int = option(3, "Kodak images timed on one CPU core")
 
 
 class DecodeThenClassify(nn.Module):
@@ -220,24 +237,23 @@ def format_rows(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_all(cfg: SpeedConfig, json_out=None, e2e_data=None, e2e_work=None, e2e_limit: int | None = 1024,
-            e2e_batch: int = 256, workers: int | None = None, classifiers=None, kodak=None, kodak_limit=None,
-            cpu_images: int = 3, log=print, e2e_points: tuple = ("c8", "c16"), e2e_train_steps: int = 30) -> dict:
+def run_all(cfg: SpeedConfig, json_out=None, log=print) -> dict:
     """`nodecode bench speed`: the network rows, then optionally end to end from files and the Kodak codec speed."""
     from nodecode.utils import provenance, write_json
-    for p in (e2e_data, kodak):
+    for p in (cfg.e2e_data, cfg.kodak):
         if p is not None and not __import__("pathlib").Path(p).is_dir():
             raise NodecodeError(f"no such folder: {p}")
     res = run_speed(cfg, log)
-    if e2e_data:
+    if cfg.e2e_data:
         from nodecode.bench.e2e import e2e_speed
-        work = e2e_work or __import__("tempfile").mkdtemp(prefix="nodecode-e2e-")
-        res["rows"] += e2e_speed(e2e_data, work, f"c{cfg.latent_channels}", cfg.device, e2e_limit, e2e_batch,
-                                 workers, classifiers, cfg.width, log, e2e_points, "compiled" in cfg.impls,
-                                 e2e_train_steps)
-    if kodak:
+        work = cfg.e2e_work or __import__("tempfile").mkdtemp(prefix="nodecode-e2e-")
+        res["rows"] += e2e_speed(cfg.e2e_data, work, f"c{cfg.latent_channels}", cfg.device, cfg.e2e_limit,
+                                 cfg.e2e_batch, cfg.workers, cfg.classifiers, cfg.width, log, cfg.e2e_points,
+                                 "compiled" in cfg.impls, cfg.e2e_train_steps)
+    if cfg.kodak:
         from nodecode.bench.codec_speed import kodak_speed
-        res["codec"] = kodak_speed(kodak, f"c{cfg.latent_channels}", cfg.device, kodak_limit, cpu_images, log)
+        res["codec"] = kodak_speed(cfg.kodak, f"c{cfg.latent_channels}", cfg.device, cfg.kodak_limit, cfg.cpu_images,
+                                   log)
     res.update(config=dict(cfg.__dict__), **provenance("nodecode bench speed"))
     if json_out:
         write_json(json_out, res)

@@ -1,4 +1,5 @@
-"""The learned codec of §3 / App. A.1: encoder, scalar quantizer, entropy model, decoder, .ndc bitstream."""
+"""The learned codec of §3 / App. A.1 (encoder, quantizer, entropy model, decoder, .ndc bitstream) and the classical
+codecs it is compared with (classical.py: JPEG, JPEG 2000, WebP, AVIF at matched bpp)."""
 from nodecode.codec.autoencoder import CodecConfig, CompressionModel
 from nodecode.codec.zoo import load_codec, list_codecs
 

@@ -28,7 +28,7 @@ def codec_for(data: bytes, model: str | CompressionModel | None, device="cpu") -
     if model is None:
         name = bitstream.read_header(data).model
         if name not in list_codecs():
-            raise NodecodeError(f"file was written by codec '{name}', which is not bundled: pass --model PATH")
+            raise NodecodeError(f"file was written by codec '{name}', which is not bundled: pass --codec PATH")
         model = name
     return load_codec(model, device)
 

@@ -12,8 +12,9 @@ import json
 import numpy as np
 import torch
 
+from nodecode.data.augment import generator
 from nodecode.data.cache import cached_array, pool_map
-from nodecode.data.folders import ImageFolder, cache_folder, load_rgb
+from nodecode.data.folders import SIZE, ImageFolder, cache_folder, load_rgb
 from nodecode.data.latents import codec_inputs
 from nodecode.errors import NodecodeError
 from nodecode.utils import write_json
@@ -22,19 +23,35 @@ KINDS = ("rgb", "decoded", "latent", "webp")
 
 
 def _webp_one(args):
-    from nodecode.eval.baselines import decode, match_bpp
+    from nodecode.codec.classical import decode, match_bpp
     chw, bpp = args
     data, real, _ = match_bpp(np.ascontiguousarray(chw.transpose(1, 2, 0)), "webp", bpp)
     return decode(data).transpose(2, 0, 1), real
 
 
+def holdout_split(labels: np.ndarray, frac: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) row indices of a training set: round(frac * n_c) images of every class c held out, drawn
+    by a generator seeded by (seed, 3); disjoint, sorted, the same for every arm and run of that seed."""
+    if not 0 < frac < 1:
+        raise NodecodeError(f"the held-out fraction must lie in (0, 1), not {frac}")
+    labels = np.asarray(labels)
+    gen = generator(seed, 3)
+    held = []
+    for c in np.unique(labels):
+        rows = torch.from_numpy(np.flatnonzero(labels == c))
+        held.append(rows[torch.randperm(len(rows), generator=gen)[: round(frac * len(rows))]].numpy())
+    held = np.sort(np.concatenate(held))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
 def load_inputs(folder: ImageFolder, kind: str, codec=None, webp_bpp: float | None = None, cache_dir=None,
-                workers: int | None = None, batch: int = 64) -> tuple[torch.Tensor, dict]:
-    """uint8 inputs (N, C, H, W) of one kind for the folder's images (CPU), and info (e.g. the mean real bpp)."""
+                workers: int | None = None, batch: int = 64, size: int = SIZE) -> tuple[torch.Tensor, dict]:
+    """uint8 inputs (N, C, H, W) of one kind for the folder's images (CPU) at `size`² pixels (the latent: /8), and
+    info (e.g. the mean real bpp)."""
     if kind not in KINDS:
         raise NodecodeError(f"unknown input kind {kind!r} (choose from {', '.join(KINDS)})")
-    d = cache_folder(folder, cache_dir)
-    rgb = load_rgb(folder, cache_dir, workers=workers)
+    d = cache_folder(folder, cache_dir, size)
+    rgb = load_rgb(folder, cache_dir, size, workers=workers)
     if kind == "rgb":
         return rgb, {}
     if kind == "webp":

@@ -124,8 +124,11 @@ class SegBatches(Batches):
     """batch_fn(step) -> (centred inputs, long labels): grid-aligned random crops and mirrors (App. A.5)."""
 
     def __init__(self, data, labels, pipeline, batch_size, crop: int = CROP_RGB, seed: int = 0, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, arm=None):
+        """`arm`: None, or for augmentation through the codec (data: RGB) the map of the uint8 RGB crops to the
+        arm's uint8 inputs (data.codec_augment.through_codec): the latent of a mirrored crop, not a mirrored latent."""
         super().__init__(data, labels, pipeline, batch_size, seed, rank, world)
+        self.arm = arm
         self.scale = 1 if data.shape[-1] == labels.shape[-1] else GRID   # input pixels per label pixel: 1 or 1/8
         if crop % GRID or crop > labels.shape[-1] or crop > labels.shape[-2]:
             raise NodecodeError(f"crop {crop} must be a multiple of {GRID} and fit the {tuple(labels.shape[-2:])} frames")
@@ -152,4 +155,5 @@ class SegBatches(Batches):
             b = self.labels[i, y * GRID: y * GRID + self.crop, x * GRID: x * GRID + self.crop]
             xs_.append(a.flip(-1) if f else a)
             ys_.append(b.flip(-1) if f else b)
-        return self.pipeline(torch.stack(xs_)), torch.stack(ys_).long()
+        x = torch.stack(xs_)
+        return self.pipeline(self.arm(x) if self.arm is not None else x), torch.stack(ys_).long()

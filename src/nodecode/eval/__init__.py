@@ -1,1 +1,1 @@
-"""Evaluation: image-quality and task metrics, and classical-codec baselines."""
+"""Evaluation: image-quality and task metrics, rate-distortion of the codecs against the classical ones."""

@@ -9,7 +9,7 @@ import torch
 
 from nodecode.codec.zoo import OPERATING_POINTS, load_codec
 from nodecode.data.images import list_images, load_image, to_tensor, to_uint8
-from nodecode.eval.baselines import CLASSICAL_CODECS, decode, match_bpp
+from nodecode.codec.classical import CLASSICAL_CODECS, decode, match_bpp
 from nodecode.eval.metrics import image_metrics
 from nodecode.utils import pick_device, provenance, write_json
 
@@ -69,7 +69,7 @@ def average(rows: list[dict], keys=("codec", "matched_to")) -> list[dict]:
     return out
 
 
-def evaluate_codecs(data, json_out, plot=None, codecs=("c8", "c16", "c32"), baselines=True, device=None,
+def evaluate_codecs(data, json_out=None, plot=None, codecs=("c8", "c16", "c32"), baselines=True, device=None,
                     limit=None) -> dict:
     """Evaluate learned codecs and (at each one's per-image real bpp) JPEG, JPEG 2000, WebP and AVIF."""
     device = pick_device(device)
@@ -89,10 +89,10 @@ def evaluate_codecs(data, json_out, plot=None, codecs=("c8", "c16", "c32"), base
     for r in rows:
         r["paper_bpp"] = OPERATING_POINTS.get(r["matched_to"])
     result = {"rows": rows, "per_image": per_image, "data": str(data), **provenance("nodecode eval-codec")}
-    write_json(json_out, result)
+    if json_out:
+        write_json(json_out, result)
     if plot:
         plot_rd(rows, plot)
-    print(format_rows(rows))
     return result
 
 

@@ -1,10 +1,10 @@
 """Training the codec alone with Eq. 1: MSE(x, x̂) + β·max(H(q) − Ht, 0) (§3.1, App. A.1), on any number of GPUs."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -16,45 +16,47 @@ from nodecode.codec.entropy import entropy_bits, frequency_table, rate_loss, tab
 from nodecode.codec.zoo import load_codec, save_codec
 from nodecode.data.images import list_images, load_image
 from nodecode.data.tiles import load_tiles, random_crops
+from nodecode.config import option
 from nodecode.errors import NodecodeError
-from nodecode.tasks.engine import Engine, EngineConfig, checkpoint_interval, init_distributed, is_main_process
+from nodecode.tasks.engine import Engine, RunOptions, TrainResult, init_distributed, is_main_process
 from nodecode.utils import pick_device, provenance, write_json
 
 FILE_OVERHEAD_BYTES = 44  # .ndc header + CRC + the last ANS word, measured on Kodak (README): part of the real bpp
 
 
 @dataclass
-class CodecTrainConfig:
-    data: str
-    out: str
-    name: str = "c16"
-    channels: int = 16
-    num_centers: int = 6
-    beta: float = 500.0            # on MSE in 8-bit units (0..255), as the paper's β values are
-    target_entropy: float = 1.3    # Ht, bits per symbol
-    lr: float = 1e-3
-    batch_size: int = 32           # global batch: split evenly over the data-parallel ranks
-    crop: int = 160
-    tile: int = 224                # images are cut into tile x tile pieces (kept on the device); crops come from those
-    steps: int = 20000
-    schedule: str = "step"         # "step": lr x0.1 from lr_decay_at; "cosine": warm-up, then cosine down to 1%
+class CodecTrainConfig(RunOptions):
+    data: str = option(help="folder of training images (searched recursively)")
+    out: str = option(help="run folder: checkpoints, logs, codec.safetensors")
+    name: str | None = option(None, "operating point name written into files (default: cC, e.g. c16)")
+    channels: int = option(16, "C, latent channels")
+    num_centers: int = option(6, "L, quantization centers")
+    beta: float = option(500.0, "β of Eq. 1 (on the MSE in 8-bit units, 0..255, as the paper's β values are)")
+    target_entropy: float = option(1.3, "Ht of Eq. 1, bits per symbol")
+    lr: float = option(1e-3, "Adam learning rate")
+    batch_size: int = option(32, "global batch, split evenly over the DDP processes")
+    crop: int = option(160, "training crop side, taken from the tiles")
+    tile: int = option(224, "images are cut into tiles of this side (kept on the device); crops come from those")
+    steps: int = option(20000, "training steps")
+    schedule: Literal["step", "cosine"] = option(
+        "step", "step: lr x0.1 for the last 20%; cosine: --warmup-steps, then cosine down to 1%")
     lr_decay_at: float = 0.8
-    warmup_steps: int = 0          # linear lr warm-up (cosine schedule)
-    sigma: float | None = None     # σ of Q̄'s soft assignment; None keeps the starting codec's (1.0 from scratch)
-    compile: bool = False          # torch.compile the codec (CUDA)
-    target_bpp: float | None = None  # with bpp_probe: Ht is rescaled so that the probe's real bpp lands here
-    bpp_probe: str | None = None   # folder of images only measured (never trained on) for that calibration
-    calibrate_at: str = "0.3,0.6"  # fractions of the steps at which Ht is rescaled
-    max_minutes: float | None = None
-    init: str | None = None        # start from a trained codec (fine-tuning; other C: every shape-matching tensor)
+    warmup_steps: int = option(0, "linear lr warm-up steps (cosine schedule)")
+    sigma: float | None = option(None, "σ of Q̄'s soft assignment (default: the starting codec's, 1.0 from scratch)")
+    compile: bool = option(False, "torch.compile the codec (CUDA)")
+    target_bpp: float | None = option(None, "rescale Ht so that --bpp-probe's real bpp lands here")
+    bpp_probe: str | None = option(None, "folder of images only measured, never trained on, for that calibration "
+                                         "(e.g. Kodak)")
+    calibrate_at: str = option("0.3,0.6", "fractions of the steps at which Ht is rescaled")
+    init: str | None = option(None, "fine-tune from this codec (operating point name or codec file; another C: "
+                                    "every shape-matching tensor)")
     rate_warmup: float = 0.05      # β ramps up linearly over this fraction of the steps (avoids an all-one-symbol collapse)
-    val_data: str | None = None
-    cache_dir: str | None = None
-    device: str | None = None
-    seed: int = 0
+    val_data: str | None = option(None, "folder of validation images (default: 64 training tiles)")
     table_tiles: int = 4096        # tiles of the training set the frequency tables are fitted on
-    progress: bool = True
-    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm"/"Nh"; None: every 120 s
+
+    def __post_init__(self):
+        if self.name is None:
+            self.name = f"c{self.channels}"
 
 
 def codec_loss(model, x: torch.Tensor, beta: float, target_entropy: float):
@@ -170,7 +172,7 @@ def _load_training_tiles(cfg: CodecTrainConfig, device, rank: int, world: int) -
     return tiles.to(device)
 
 
-def train_codec(cfg: CodecTrainConfig) -> Path:
+def train_codec(cfg: CodecTrainConfig) -> TrainResult:
     """Train (or resume, or fine-tune) one operating point; writes out/codec.safetensors and out/summary.json.
 
     Under torchrun every process takes an equal share of the global batch (DDP, NCCL on CUDA, gloo on CPU)."""
@@ -187,9 +189,8 @@ def train_codec(cfg: CodecTrainConfig) -> Path:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    engine = Engine(model, optimizer, EngineConfig(str(out), cfg.steps, log_every=100, max_minutes=cfg.max_minutes,
-                                                   compile=cfg.compile, progress=cfg.progress,
-                                                   **checkpoint_interval(cfg.checkpoint_every, 120.0)),
+    engine = Engine(model, optimizer, cfg.engine_config(out, cfg.steps, log_every=100, compile=cfg.compile,
+                                                         checkpoint_every_s=120.0),
                     lr_at=lambda s: lr_factor(cfg, s), meta={"config": asdict(cfg)})
     ht = {"value": float(engine.resumed_meta.get("target_entropy_now", cfg.target_entropy))}
     engine.meta["target_entropy_now"] = ht["value"]
@@ -213,19 +214,15 @@ def train_codec(cfg: CodecTrainConfig) -> Path:
             ht["value"] = engine.meta["target_entropy_now"] = new
         return logs
 
-    done = engine.fit(lambda s: batch_fn(s, gen), step_fn, eval_fn=eval_fn, eval_every=eval_every)
-    if not done:
-        if is_main_process():
-            print(f"stopped at step {engine.step}/{cfg.steps} (time budget); run the same command again to resume")
-        return out
-    if is_main_process():
-        _export(cfg, model, tiles, val, engine.step, ht["value"], world, out)
+    if not engine.fit(lambda s: batch_fn(s, gen), step_fn, eval_fn=eval_fn, eval_every=eval_every):
+        return TrainResult.stopped(engine)
+    summary = _export(cfg, model, tiles, val, engine.step, ht["value"], world, out) if is_main_process() else {}
     if world > 1:
         dist.barrier()
-    return out
+    return TrainResult(True, out, engine.step, cfg.steps, summary, summary.get("val", {}))
 
 
-def _export(cfg, model: CompressionModel, tiles, val, steps: int, ht: float, world: int, out: Path) -> None:
+def _export(cfg, model: CompressionModel, tiles, val, steps: int, ht: float, world: int, out: Path) -> dict:
     """Round to the bundled fp16, fit the tables to exactly that model, save codec.safetensors and summary.json."""
     model = model.eval().to(memory_format=torch.contiguous_format)
     model.config.target_entropy = ht
@@ -238,4 +235,4 @@ def _export(cfg, model: CompressionModel, tiles, val, steps: int, ht: float, wor
     summary = {"config": asdict(cfg), "steps": steps, "target_entropy_final": ht, "processes": world,
                "pixel_samples": steps * cfg.batch_size * cfg.crop**2, "val": validate(model, val), **provenance()}
     write_json(out / "summary.json", summary)
-    print(json.dumps(summary["val"]))
+    return summary

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from nodecode.config import option
 from nodecode.tasks.checkpoint import load_checkpoint, resume_log, save_checkpoint
 from nodecode.utils import remove_stale_temporaries
 
@@ -49,17 +50,33 @@ def checkpoint_interval(text: str | int | None, default_s: float) -> dict:
             else {"checkpoint_every_s": math.inf, "checkpoint_every_steps": int(v)})
 
 
+@dataclass
+class TrainResult:
+    """What every train_* returns: whether it finished or stopped on its time budget (rerun to resume), the run
+    folder, the step reached, and (finished, main process) its summary.json and headline validation metrics."""
+    finished: bool
+    out: Path
+    step: int
+    total_steps: int
+    summary: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    @classmethod
+    def stopped(cls, engine: "Engine") -> "TrainResult":
+        return cls(False, engine.out, engine.step, engine.cfg.total_steps)
+
+
 @dataclass(kw_only=True)
 class RunOptions:
     """What every task's training run takes besides its recipe (a base of the task configs, keyword-only)."""
-    cache_dir: str | None = None       # decode-once input caches
-    device: str | None = None
-    seed: int = 0
-    max_minutes: float | None = None   # time budget: stop with a checkpoint, rerun to resume
+    cache_dir: str | None = option(None, "cache the decoded inputs here (decode once, reuse across runs)")
+    device: str | None = option(None, "cuda, cuda:N or cpu (default: cuda if available)")
+    seed: int = option(0, "random seed")
+    max_minutes: float | None = option(None, "stop and checkpoint after this long; rerun the command to resume")
     log_every: int = 50
     amp: bool = True                   # bf16 autocast on CUDA
     progress: bool = True
-    checkpoint_every: str | None = None   # "N" steps or "Ns"/"Nm"/"Nh"; None: the task's default interval
+    checkpoint_every: str | None = option(None, "checkpoint every N steps, or every Ns / Nm / Nh (default: by time)")
 
     def engine_config(self, out, total_steps: int, **kw) -> EngineConfig:
         """The engine's settings for this run; `kw` overrides (e.g. a shorter log_every, the task's default

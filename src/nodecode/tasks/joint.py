@@ -13,7 +13,6 @@ Augmentation: the A.4 crop/mirror on RGB (reflect pad 32 px), then the codec; ev
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,11 +24,12 @@ from torch import nn
 from nodecode.codec.zoo import load_codec, save_codec
 from nodecode.data.augment import Batches, InputPipeline
 from nodecode.data.folders import load_rgb, scan_image_folder
+from nodecode.config import option
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
 from nodecode.tasks.classification import load_classifier, save_classifier
 from nodecode.tasks.compression import rate_distortion_loss, symbol_counts
-from nodecode.tasks.engine import Engine, RunOptions
+from nodecode.tasks.engine import Engine, RunOptions, TrainResult
 from nodecode.utils import pick_device, provenance, write_json
 
 PAPER_BETA = {8: 600.0, 32: 150.0}  # App. A.8, by latent channels C
@@ -37,22 +37,24 @@ PAPER_BETA = {8: 600.0, 32: 150.0}  # App. A.8, by latent channels C
 
 @dataclass
 class JointTrainConfig(RunOptions):
-    data: str                          # folder with train/ and val/ ImageFolders (imagenette2-224)
-    out: str
-    codec: str = "c8"                  # starting codec: bundled name or codec .safetensors
-    classifier: str | None = None      # starting cResNet (a Table 2 checkpoint); None: the codec-only control
-    gamma: float = 0.001               # γ of Eq. 2
-    beta: float | None = None          # None: App. A.8 (600 at C=8, 150 at C=32), else the codec's own β
-    target_entropy: float | None = None  # Ht; None: the starting codec's own Ht
-    epochs: float = 9
+    data: str = option(help="folder with train/ and val/ ImageFolders (imagenette2-224)")
+    out: str = option(help="run folder: checkpoints, codec.safetensors, classifier.safetensors")
+    codec: str = option("c8", "starting codec (operating point name or codec file)")
+    classifier: str | None = option(None, "starting latent classifier (classifier.safetensors or its run folder, a "
+                                          "Table 2 checkpoint)")    # None: the codec-only control
+    gamma: float = option(0.001, "γ of Eq. 2")
+    beta: float | None = option(None, "β (default: App. A.8, 600 at C=8, 150 at C=32, else the codec's own)")
+    target_entropy: float | None = option(None, "Ht (default: the starting codec's own)")
+    epochs: float = option(9, "fine-tuning epochs")
     lr_epochs: tuple[float, ...] = (3, 6)
-    base_lr: float = 0.0025            # at batch 64, scaled linearly with the batch
+    base_lr: float = option(0.0025, "learning rate at batch 64, scaled linearly with the batch (÷10 at epochs 3 and "
+                                    "6)", flag="lr")
     momentum: float = 0.9
     weight_decay: float = 1e-4         # classifier conv/fc weights only (the A.4 recipe); none on the codec
-    batch_size: int = 64
-    image_size: int = 224              # images are decoded to this square (Imagenette-224: as they are); small for tests
+    batch_size: int = option(64, "global batch")
+    image_size: int = option(224, "images are decoded to this square (224: Imagenette-224 as it is)")
     name: str | None = None            # the new codec's name; None: "<codec>-joint" / "<codec>-ft"
-    max_per_class: int | None = None
+    max_per_class: int | None = option(None, "at most this many images per class (a subset, for smoke runs)")
     table_images: int = 4096           # training images the entropy tables are refitted on
     eval_batch: int = 250
 
@@ -107,7 +109,7 @@ def evaluate_joint(model: JointModel, rgb: torch.Tensor, labels: torch.Tensor, b
     return res
 
 
-def train_joint(cfg: JointTrainConfig) -> Path:
+def train_joint(cfg: JointTrainConfig) -> TrainResult:
     """Fine-tune (or resume); writes out/codec.safetensors, out/classifier.safetensors (joint only), out/summary.json."""
     device, t0, out = pick_device(cfg.device), time.time(), Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -153,8 +155,7 @@ def train_joint(cfg: JointTrainConfig) -> Path:
         return dict(last)
 
     if not engine.fit(batches, step_fn, eval_fn=eval_fn, eval_every=spe):
-        print(f"stopped at step {engine.step}/{steps} (time budget); run the same command again to resume")
-        return out
+        return TrainResult.stopped(engine)
     codec = model.codec.eval().to(memory_format=torch.contiguous_format)
     with torch.no_grad():  # the bundled fp16, then the tables refitted to exactly that model (as train_codec)
         for p in codec.parameters():
@@ -173,5 +174,4 @@ def train_joint(cfg: JointTrainConfig) -> Path:
                "steps_per_epoch": spe, "train_images": len(train_x), "val": val, "minutes": (time.time() - t0) / 60,
                **provenance("nodecode train joint")}
     write_json(out / "summary.json", summary)
-    print(json.dumps(val))
-    return out
+    return TrainResult(True, out, engine.step, steps, summary, val)

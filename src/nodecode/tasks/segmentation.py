@@ -14,10 +14,11 @@ values (DeepLab-ResNet-TensorFlow's default for batch 10); without one (smoke te
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -25,15 +26,17 @@ from torch import nn
 
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
+from nodecode.data.codec_augment import through_codec
 from nodecode.data.latents import channel_mean
 from nodecode.data.segmentation import CROP_RGB, GRID, IGNORE, SegBatches, load_segmentation, scan_segmentation
+from nodecode.config import option
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import ConfusionMatrix
 from nodecode.models import create_model, get_config
 from nodecode.models.aspp import upsample_logits
 from nodecode.models.resnet import load_backbone
 from nodecode.tasks.checkpoint import save_weights
-from nodecode.tasks.engine import Engine, RunOptions
+from nodecode.tasks.engine import Engine, RunOptions, TrainResult
 from nodecode.utils import pick_device, provenance, write_json
 
 FORMAT = "nodecode-segmenter-1"
@@ -47,15 +50,16 @@ def scaled_iterations(n_train: int, batch: int = PAPER_BATCH) -> int:
 
 @dataclass
 class SegmenterTrainConfig(RunOptions):
-    data: str                       # CamVid-layout folder (images/{split}, labels/{split}, classes.tsv)
-    out: str
-    model: str = "cresnet51_d"      # resnet50_d/71_d for rgb and decoded, cresnet39_d/51_d/72_d for latent
-    input: str = "latent"           # rgb | decoded | latent
-    codec: str = "c8"
-    init: str | None = None         # classifier.safetensors of the same kind, point and depth (§5.3)
-    width: float = 1.0
-    iters: int | None = None        # None: scaled_iterations(train frames, batch)
-    batch_size: int = 10
+    data: str = option(help="CamVid-layout folder: images/{train,val,test}, labels/{...}, classes.tsv")
+    out: str = option(help="run folder: checkpoints, logs, segmenter.safetensors, summary.json")
+    model: str = option("cresnet51_d", "architecture: resnet50_d/71_d for rgb and decoded, cresnet39_d/51_d/72_d "
+                                       "for latent")
+    input: Literal["rgb", "decoded", "latent"] = option("latent", "what the network sees")
+    codec: str = option("c8", "operating point (name or codec file) for decoded/latent inputs")
+    init: str | None = option(None, "classifier.safetensors of the same input kind, point and depth (§5.3)")
+    width: float = option(1.0, "channel width multiplier")
+    iters: int | None = option(None, "training iterations (default: the paper's 18.9 epochs, 694 on CamVid)")
+    batch_size: int = option(10, "batch")
     lr: float = 1e-3
     head_lr: float = 1e-2
     momentum: float = 0.9
@@ -63,7 +67,10 @@ class SegmenterTrainConfig(RunOptions):
     power: float = 0.9
     crop: int = CROP_RGB            # RGB pixels; latent crops are crop / 8
     freeze_bn: bool | None = None   # None: frozen iff init is given
-    limit: int | None = None        # first N frames of each split (smoke runs)
+    augment: Literal["input", "codec"] = option("input", "input: crop + mirror of the cached input (a mirrored "
+                                                         "latent); codec: crop + true mirror of the RGB frame, then "
+                                                         "through the frozen codec")
+    limit: int | None = option(None, "only the first N frames of each split (smoke runs)")
     eval_splits: tuple[str, ...] = ("val", "test")
     eval_batch: int = 10
 
@@ -140,7 +147,7 @@ def _data(cfg_or_meta_input, root, split, codec, cache_dir, limit):
     return folder, *load_segmentation(folder, cfg_or_meta_input, codec, cache_dir)
 
 
-def train_segmenter(cfg: SegmenterTrainConfig) -> Path:
+def train_segmenter(cfg: SegmenterTrainConfig) -> TrainResult:
     """Train (or resume) one segmenter; writes out/segmenter.safetensors (+ .json) and out/summary.json."""
     device = pick_device(cfg.device)
     check_kind(cfg.model, cfg.input)
@@ -152,7 +159,14 @@ def train_segmenter(cfg: SegmenterTrainConfig) -> Path:
     mean = channel_mean(x, cfg.input, codec)
     cuda = device.type == "cuda"
     pipe = InputPipeline(cfg.input, mean, codec, channels_last=cuda)
-    batches = SegBatches(x, y, pipe, cfg.batch_size, cfg.crop, cfg.seed)
+    if cfg.augment not in ("input", "codec"):
+        raise NodecodeError(f"unknown augmentation {cfg.augment!r} (input or codec)")
+    if cfg.augment == "codec" and cfg.input != "rgb":
+        rgb = _data("rgb", cfg.data, "train", None, cfg.cache_dir, cfg.limit)[1].to(device)
+        batches = SegBatches(rgb, y, pipe, cfg.batch_size, cfg.crop, cfg.seed,
+                             arm=partial(through_codec, kind=cfg.input, codec=codec, amp=cfg.amp))
+    else:
+        batches = SegBatches(x, y, pipe, cfg.batch_size, cfg.crop, cfg.seed)
     iters = cfg.iters or scaled_iterations(len(x), cfg.batch_size)
     net = create_model(cfg.model, in_channels=x.shape[1], num_classes=len(folder.names), width=cfg.width)
     if cfg.init:
@@ -189,8 +203,7 @@ def train_segmenter(cfg: SegmenterTrainConfig) -> Path:
         return F.cross_entropy(predict(m, xb, tuple(yb.shape[-2:])), yb, ignore_index=IGNORE), {}
 
     if not engine.fit(batches, step_fn):
-        print(f"stopped at step {engine.step}/{iters} (time budget); run the same command again to resume")
-        return out
+        return TrainResult.stopped(engine)
     del x, y, batches
     results = {}
     with engine.autocast():
@@ -198,11 +211,11 @@ def train_segmenter(cfg: SegmenterTrainConfig) -> Path:
             _, xs, ys, sinfo = _data(cfg.input, cfg.data, split, codec, cfg.cache_dir, cfg.limit)
             results[split] = {**evaluate(net, xs, ys, pipe, len(folder.names), cfg.eval_batch), **sinfo}
     save_segmenter(net, out / "segmenter.safetensors", meta)
-    write_json(out / "summary.json", {"config": asdict(cfg), "iters": iters, "train_images": len(folder.images),
-                                      "input_info": info, "minutes": (time.time() - t0) / 60, "checkpoint": meta,
-                                      **results, **provenance()})
-    print(json.dumps({s: round(100 * r["miou"], 2) for s, r in results.items()}))
-    return out
+    summary = {"config": asdict(cfg), "iters": iters, "train_images": len(folder.images), "input_info": info,
+               "minutes": (time.time() - t0) / 60, "checkpoint": meta, **results, **provenance()}
+    write_json(out / "summary.json", summary)
+    return TrainResult(True, out, engine.step, iters, summary,
+                       {s: round(100 * r["miou"], 2) for s, r in results.items()})   # mIoU % per split
 
 
 def evaluate_segmenter(checkpoint: str | Path, data: str | Path, split: str = "val", device=None,

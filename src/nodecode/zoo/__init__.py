@@ -204,7 +204,7 @@ def bundled_for(kind: str, codec: str) -> str:
         if index()[n].codec == codec:
             return n
     raise NodecodeError(f"no bundled {kind} for '{codec}' in {WEIGHTS_DIR}; pass "
-                        f"{'--classifier' if kind == 'classifier' else '--model'}")
+                        f"{'--classifier' if kind == 'classifier' else '--segmenter'}")
 
 
 def resolve(name_or_path: str | Path, kind: str) -> tuple[Path, PretrainedCfg | None]:

@@ -1,0 +1,38 @@
+"""The experiments helper: runs.json merge / skip / record, the time budget, jobs over GPUs, tables."""
+import json
+import sys
+
+from nodecode.experiments import Budget, Runs, experiment_parser, markdown_table, run_jobs
+
+
+def test_runs_merge_skip_and_record(tmp_path):
+    (tmp_path / "old.json").write_text(json.dumps({"a": {"v": 1}, "b": {"v": 2}}))
+    (tmp_path / "runs.json").write_text(json.dumps({"b": {"v": 3}}))
+    runs = Runs(tmp_path / "runs.json", merge=[tmp_path / "old.json", tmp_path / "missing.json"])
+    assert runs["a"] == {"v": 1} and runs["b"] == {"v": 3}            # its own file wins over the merged one
+    calls = []
+    budget = Budget(10.0)
+    assert runs.stage("a", lambda m: calls.append(m), budget) == {"v": 1} and calls == []     # done: skipped
+    assert runs.stage("c", lambda m: None, budget) is None and "c" not in runs               # stopped: not recorded
+    r = runs.stage("d", lambda m: calls.append(m) or {"top1": 0.5}, budget)
+    assert r["top1"] == 0.5 and r["wall_s"] >= 0 and 9.0 < calls[0] <= 9.5                   # minutes left - margin
+    assert json.loads((tmp_path / "runs.json").read_text())["d"]["top1"] == 0.5              # saved at once
+    assert runs.stage("e", lambda m: {"x": 1}, Budget(0.5)) is None                          # under the reserve
+
+
+def test_run_jobs_one_per_gpu(tmp_path):
+    code = "import os, sys; print(os.environ['CUDA_VISIBLE_DEVICES']); sys.exit(int(sys.argv[1]))"
+    jobs = [(f"j{i}", [sys.executable, "-c", code, str(i % 2)]) for i in range(3)]
+    codes = run_jobs(jobs, gpus=["3", "5"], log_dir=tmp_path, poll_s=0.05)
+    assert codes == {"j0": 0, "j1": 1, "j2": 0}
+    gpus = [(tmp_path / f"j{i}.log").read_text().strip() for i in range(3)]
+    assert gpus[:2] == ["3", "5"] and gpus[2] in ("3", "5")
+
+
+def test_markdown_table():
+    assert markdown_table(["run", "top-1"], [("a", "1.00")]) == "| run | top-1 |\n|---|---:|\n| a | 1.00 |"
+
+
+def test_experiment_parser():
+    a = experiment_parser("doc", budget_minutes=5.0).parse_args(["collect"])
+    assert (a.stage, a.budget_minutes) == ("collect", 5.0)

@@ -1,0 +1,48 @@
+"""experiments/classification/matched.py end to end on tiny data (--smoke): grid, scheduling, resume, report."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import IMAGENETTE, needs
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "classification" / "matched.py"
+
+
+def _run(*args, tmp):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("OUT", None)
+    p = subprocess.run([sys.executable, str(SCRIPT), *args, "--smoke", "--state", str(tmp / "state"),
+                        "--out", str(tmp / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p.stdout
+
+
+@needs(IMAGENETTE)
+def test_matched_smoke_runs_resumes_and_reports(tmp_path):
+    out = _run("run", tmp=tmp_path)
+    assert out.strip().splitlines()[-1] == "8 runs finished; 0 left"
+    runs = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert sorted(runs) == sorted(f"{p}-{m}-w0.25-s{s}" for s in (0, 1) for p, m in
+                                  (("c8-decoded", "resnet50"), ("c8-latent", "cresnet51"), ("c8-latent", "cresnet39"),
+                                   ("none-rgb", "resnet50")))
+    assert all(r["recipe"]["augment"] == "codec" and r["eval_on"] == "val" for r in runs.values())
+    rep = json.loads((tmp_path / "out" / "matched.json").read_text())
+    assert len(rep["table2"]) == 4 and all(r["seeds"] == [0, 1] and r["gmacs"] > 0 for r in rep["table2"])
+    assert {(r["input"], r["model"]) for r in rep["fig6"]} == {("decoded", "resnet50"), ("latent", "cresnet51"),
+                                                               ("latent", "cresnet39"), ("rgb", "resnet50")}
+    assert "| c8 | 0.25 | latent | cresnet51 |" in out
+    again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train
+    assert "start " not in again and again.strip().endswith("8 runs finished; 0 left")
+    k = "c8-latent-cresnet51-w0.25-s1"                # its result lost: the job resumes at its end, TrainResult finished
+    state = tmp_path / "state" / "runs.json"
+    state.write_text(json.dumps({n: r for n, r in json.loads(state.read_text()).items() if n != k}))
+    third = _run("run", tmp=tmp_path)
+    assert third.count("start ") == 1 and f"start {k}" in third and third.strip().endswith("8 runs finished; 0 left")
+    redone = json.loads((tmp_path / "out" / "runs.json").read_text())[k]
+    assert {**redone, "minutes": 0} == {**runs[k], "minutes": 0} and redone["steps"] == 3    # 12 images / batch 4
+    search = _run("search", "--variants", "ls0", "--holdout-frac", "0.25", tmp=tmp_path)
+    row = json.loads((tmp_path / "out" / "search.json").read_text())["search-ls0"]
+    assert row["eval_on"] == "holdout-0.25" and row["recipe"]["label_smoothing"] == 0 and "| ls0 |" in search
