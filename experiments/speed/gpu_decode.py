@@ -1,22 +1,23 @@
 """GPU entropy decoding and files -> labels end to end, on one card (issue 13): the device driver script.
 
-    python experiments/speed/gpu_decode.py IMAGENETTE_VAL [--out DIR] [--classifiers RUNS] [--smoke]
+    python experiments/speed/gpu_decode.py run IMAGENETTE_VAL [--out DIR] [--classifiers RUNS] [--budget-minutes M] [--smoke]
+    python experiments/speed/gpu_decode.py collect [--out DIR]        (the table of DIR/gpu_decode.json)
 
-1. writes the val images as c8 and c16 .ndc files and shards and as JPEG at the same bpp (bench.e2e.prepare_files);
-2. checks that every file decodes to the same symbols on the GPU (Triton) and the CPU (constriction);
-3. times GPU entropy decoding at batch 1,024 (c8): kernel only, and with host parsing + host->device copy;
-4. CPU decoding per core (old per-file path vs now);
-5. every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed).
-Each stage is guarded (a failure is recorded, the run goes on) and resumable: $OUT/gpu_decode.json is written after
-every stage and a stage already in it is not run again. Prints a short table last. --smoke: 24 images, batch 8,
+run, stage by stage:
+1. prepare: writes the val images as c8 and c16 .ndc files and shards and as JPEG at the same bpp
+   (bench.e2e.prepare_files);
+2. bitexact: checks that every file decodes to the same symbols on the GPU (Triton) and the CPU (constriction);
+3. kernel: times GPU entropy decoding at batch 1,024 (c8): kernel only, and with host parsing + host->device copy;
+4. cpu-decode-per-core: CPU decoding per core (old per-file path vs now);
+5. e2e: every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed).
+Each stage is guarded (a failure is recorded under "failed", the run goes on) and resumable: $OUT/gpu_decode.json is
+the runs file of nodecode.experiments (written after every stage; a stage already in it is not run again; none
+starts with less than a minute of --budget-minutes left). Prints a short table last. --smoke: 24 images, batch 8,
 narrow networks; runs on the CPU too (GPU-only rows skipped with their reason).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -28,38 +29,33 @@ from nodecode.bench.e2e import decode_ndc_chunk, decode_ndc_datas, e2e_speed, pr
 from nodecode.codec.gpu_entropy import BatchDecoder, decode_triton, pack_files, triton_available
 from nodecode.codec.zoo import load_codec
 from nodecode.data.shards import read_shard
+from nodecode.experiments import Budget, Runs, experiment_parser, markdown_table
 from nodecode.utils import provenance
 
-RESULTS: dict = {"rows": [], "failed": {}}
-SAVE: dict = {"path": None}
+STAGES: list = []       # (key, function of the run's arguments), in order
 
 
-def save():
-    if SAVE["path"] is not None:      # after every step: a run cut short still leaves its rows
-        SAVE["path"].write_text(json.dumps(RESULTS, indent=2, default=str) + "\n")
-
-
-def guarded(name):
-    """Run a stage once: skipped when RESULTS already holds its result (a resumed run), recorded if it fails."""
+def stage(name):
+    """Register a stage: run once through Runs.stage (skipped when gpu_decode.json holds it); a failure is recorded
+    under "failed" with its message and the run goes on."""
     def wrap(fn):
-        def run(*a, **k):
-            if name in RESULTS.get("done", {}):
-                print(f"[{name}] already done (resumed)", flush=True)
-                return RESULTS["done"][name]
-            t = time.time()
-            try:
-                out = fn(*a, **k)
-                RESULTS.setdefault("done", {})[name] = out
-                RESULTS["failed"].pop(name, None)
-                print(f"[{name}] done in {time.time() - t:.1f}s", flush=True)
-                return out
-            except Exception as e:  # noqa: BLE001 - a failing row is recorded, not fatal
-                RESULTS["failed"][name] = f"{type(e).__name__}: {e}"
-                print(f"[{name}] FAILED: {e}\n{traceback.format_exc(limit=3)}", flush=True)
-            finally:
-                save()
-        return run
+        STAGES.append((name, fn))
+        return fn
     return wrap
+
+
+def run_stage(runs: Runs, budget: Budget, name: str, fn) -> dict | None:
+    failed = runs.done.setdefault("failed", {})
+    try:
+        out = runs.stage(name, lambda minutes: fn(), budget)
+        if out is not None and failed.pop(name, None) is not None:
+            runs.save()
+        return out
+    except Exception as e:  # noqa: BLE001 - a failing stage is recorded, not fatal
+        failed[name] = f"{type(e).__name__}: {e}"
+        runs.save()
+        print(f"[{name}] FAILED: {e}\n{traceback.format_exc(limit=3)}", flush=True)
+        return None
 
 
 def sync(dev):
@@ -67,14 +63,12 @@ def sync(dev):
         torch.cuda.synchronize()
 
 
-@guarded("prepare")
+@stage("prepare")
 def prepare(val_dir, work: Path, limit, workers, dev):
-    info = prepare_files(val_dir, work, ("c8", "c16"), limit, workers, dev)
-    RESULTS["bpp"] = info["bpp"]
-    return info
+    return prepare_files(val_dir, work, ("c8", "c16"), limit, workers, dev)
 
 
-@guarded("bitexact")
+@stage("bitexact")
 def bitexact(work: Path, dev, batch):
     out = {}
     for point in ("c8", "c16"):
@@ -90,11 +84,10 @@ def bitexact(work: Path, dev, batch):
             total += len(datas)
         out[point] = {"files": total, "identical": same, "backend": gpu.backend}
         print(f"bit-exact {point}: {same}/{total} files identical ({gpu.backend} vs constriction)")
-    RESULTS["bitexact"] = out
     return out
 
 
-@guarded("kernel")
+@stage("kernel")
 def kernel_speed(work: Path, dev, batch, iters):
     codec = load_codec("c8", dev)
     samples = read_shard(work / "c8.tar")
@@ -122,13 +115,12 @@ def kernel_speed(work: Path, dev, batch, iters):
     full_s = (time.perf_counter() - t) / iters
     row = {"batch": batch, "backend": dec.backend, "kernel_ms": 1e3 * kern_s, "kernel_images_per_s": batch / kern_s,
            "host_parse_ms": 1e3 * host_s, "with_parse_copy_images_per_s": batch / full_s, "errors": len(r.errors)}
-    RESULTS["kernel"] = row
     print(f"GPU entropy decoding c8 batch {batch}: kernel {row['kernel_ms']:.3f} ms = {row['kernel_images_per_s']:,.0f} "
           f"img/s; with host parse + copy {row['with_parse_copy_images_per_s']:,.0f} img/s")
     return row
 
 
-@guarded("cpu-decode-per-core")
+@stage("cpu-decode-per-core")
 def cpu_per_core(work, n):
     """c8 .ndc decoding on one core: the old path (read_symbols per file: models built and file unpacked twice)
     vs decode_ndc_chunk now (one decoder per process) and from shard bytes (no file opens)."""
@@ -148,7 +140,6 @@ def cpu_per_core(work, n):
         t = min(_timed(fn) for _ in range(3))
         out[name] = len(files) / t
         print(f"CPU decode, one core, {name:32s} {len(files) / t:8.0f} img/s")
-    RESULTS["cpu_per_core"] = out
     return out
 
 
@@ -158,17 +149,35 @@ def _timed(fn):
     return time.perf_counter() - t
 
 
-@guarded("e2e")
+@stage("e2e")
 def e2e(val_dir, work, dev, limit, batch, workers, cls, smoke):
-    rows = e2e_speed(val_dir, work, "c8", dev.type, limit, batch, workers, cls, 0.0625 if smoke else 1.0,
-                     points=("c8", "c16"), train_steps_n=3 if smoke else 30)
-    RESULTS["rows"] = rows
-    return len(rows)
+    return {"rows": e2e_speed(val_dir, work, "c8", dev.type, limit, batch, workers, cls, 0.0625 if smoke else 1.0,
+                              points=("c8", "c16"), train_steps_n=3 if smoke else 30)}
+
+
+def table(done: dict) -> str:
+    """The short table of a gpu_decode.json: the kernel line, then one row per e2e row, then the failures."""
+    lines = []
+    if "kernel" in done:
+        k = done["kernel"]
+        lines.append(f"entropy decode c8 b{k['batch']} ({k['backend']}): {k['kernel_images_per_s']:,.0f} img/s kernel, "
+                     f"{k['with_parse_copy_images_per_s']:,.0f} img/s with parse+copy\n")
+    rows = []
+    for r in done.get("e2e", {}).get("rows", []):
+        if "skipped" in r:
+            rows.append([r["path"], r.get("model", "-"), r.get("impl", "-"), f"skipped: {r['skipped']}", "-", "-"])
+            continue
+        top1 = r.get("top1")
+        rows.append([r["path"], r["model"], r["impl"], f"{r['images_per_s']:.0f}",
+                     f"{r['bpp']:.3f}" if "bpp" in r else "-", f"{100 * top1:.1f}" if top1 is not None else "-"])
+    lines.append(markdown_table(["row", "model", "impl", "img/s", "bpp", "top-1"], rows, "lllrrr"))
+    lines += [f"FAILED {k}: {v}" for k, v in done.get("failed", {}).items()]
+    return "\n".join(lines)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("val_dir")
+    ap = experiment_parser(__doc__, budget_minutes=9.0)
+    ap.add_argument("val_dir", nargs="?", help="run: the ImageFolder of val images (e.g. imagenette2-224/val)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--work", default=None, help="where files and shards are written (default: OUT/work)")
     ap.add_argument("--smoke", action="store_true")
@@ -177,42 +186,34 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
     a = ap.parse_args(argv)
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    limit = a.limit or (24 if a.smoke else None)
-    batch = a.batch or (8 if a.smoke else 1024)
-    workers = a.workers or (2 if a.smoke else min(16, os.cpu_count() or 1))
     out = Path(a.out)
-    work = Path(a.work) if a.work else out / "work"
-    out.mkdir(parents=True, exist_ok=True)
-    SAVE["path"] = out / "gpu_decode.json"
-    if SAVE["path"].exists():                       # resume: the stages already done are not run again
-        RESULTS.update(json.loads(SAVE["path"].read_text()))
-    RESULTS.update(provenance(" ".join(sys.argv)), smoke=a.smoke, triton=triton_available(), batch=batch)
-    t0 = time.time()
-    info = prepare(a.val_dir, work, limit, workers, dev)
-    if info is not None:
-        bitexact(work, dev, batch)
-        kernel_speed(work, dev, batch, 3 if a.smoke else 50)
-        cpu_per_core(work, 32 if a.smoke else 512)
-        e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke)
-        RESULTS["finished"] = not RESULTS["failed"]
-    RESULTS["seconds"] = time.time() - t0
-    save()
-    print(f"\n== {RESULTS['device']}  ({RESULTS['seconds']:.0f}s; JSON in {SAVE['path']}) ==")
-    if "kernel" in RESULTS:
-        k = RESULTS["kernel"]
-        print(f"entropy decode c8 b{k['batch']} ({k['backend']}): {k['kernel_images_per_s']:,.0f} img/s kernel, "
-              f"{k['with_parse_copy_images_per_s']:,.0f} img/s with parse+copy")
-    print(f"{'row':36s} {'model':10s} {'impl':22s} {'img/s':>9s} {'bpp':>6s} {'top-1':>6s}")
-    for r in RESULTS["rows"]:
-        if "skipped" in r:
-            print(f"{r['path']:36s} skipped: {r['skipped']}")
-            continue
-        top1 = r.get("top1")
-        print(f"{r['path']:36s} {r['model']:10s} {r['impl']:22s} {r['images_per_s']:9.0f} "
-              + (f"{r['bpp']:6.3f} " if "bpp" in r else "     - ") + (f"{100 * top1:6.1f}" if top1 is not None else "     -"))
-    for k, v in RESULTS["failed"].items():
-        print(f"FAILED {k}: {v}")
+    runs = Runs(out / "gpu_decode.json")           # resume: the stages already in it are not run again
+    if a.stage == "run":
+        if not a.val_dir:
+            ap.error("run takes the val ImageFolder")
+        budget = Budget(a.budget_minutes)
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        limit = a.limit or (24 if a.smoke else None)
+        batch = a.batch or (8 if a.smoke else 1024)
+        workers = a.workers or (2 if a.smoke else min(16, os.cpu_count() or 1))
+        work = Path(a.work) if a.work else out / "work"
+        out.mkdir(parents=True, exist_ok=True)
+        runs.done.update(provenance("experiments/speed/gpu_decode.py run"), smoke=a.smoke, triton=triton_available(),
+                         batch=batch)
+        args = {"prepare": lambda: prepare(a.val_dir, work, limit, workers, dev),
+                "bitexact": lambda: bitexact(work, dev, batch),
+                "kernel": lambda: kernel_speed(work, dev, batch, 3 if a.smoke else 50),
+                "cpu-decode-per-core": lambda: cpu_per_core(work, 32 if a.smoke else 512),
+                "e2e": lambda: e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke)}
+        for name, _ in STAGES:
+            if run_stage(runs, budget, name, args[name]) is None and name == "prepare":
+                break                           # nothing to decode without the files
+        runs.done["finished"] = all(n in runs for n, _ in STAGES) and not runs.done["failed"]
+        runs.done["wall_s_this_call"] = budget.elapsed() * 60
+        runs.save()
+    done = runs.done
+    print(f"\n== {done.get('device', '?')}  (JSON in {runs.path}; finished: {done.get('finished', False)}) ==")
+    print(table(done))
 
 
 if __name__ == "__main__":
