@@ -2,7 +2,7 @@
 of finished work (merged, skipped, saved after each item), jobs spread over the visible GPUs, markdown tables and
 figures. A script keeps only its own rows, stages and plots.
 
-    ap = experiment_parser(__doc__, budget_minutes=9.0)     # stage (run | collect) and --budget-minutes
+    ap = experiment_parser(__doc__, area="joint")         # stage (run | collect), --budget-minutes, --results
     ap.add_argument(...)                                    # the script's own flags
     a = ap.parse_args()
     runs, budget = Runs(Path(a.out) / "runs.json"), Budget(a.budget_minutes)
@@ -17,17 +17,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]        # the checkout: results/ and experiments/ live here
 
 
-def experiment_parser(doc: str | None, budget_minutes: float = 9.0) -> argparse.ArgumentParser:
-    """The parser every experiment starts from: `run` (device work, resumable) or `collect` (tables, figures)."""
+def experiment_parser(doc: str | None, budget_minutes: float = 9.0,
+                      area: str | None = None) -> argparse.ArgumentParser:
+    """The parser every experiment starts from: `run` (device work, resumable) or `collect` (tables and figures into
+    --results: results/AREA of the checkout unless told)."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=["run", "collect"])
     ap.add_argument("--budget-minutes", type=float, default=budget_minutes,
                     help="run: stop cleanly (finished work recorded, the current run checkpointed) before this")
+    ap.add_argument("--results", default=str(ROOT / "results" / area) if area else None,
+                    help="collect: where the tables and figures are written")
     return ap
 
 
@@ -48,8 +52,7 @@ def load_runs(*paths: str | Path) -> dict:
     """The runs.json files that exist, merged in order (a later file's entry wins)."""
     done: dict = {}
     for p in paths:
-        if Path(p).exists():
-            done.update(json.loads(Path(p).read_text()))
+        done.update(read_json(p, {}))
     return done
 
 
@@ -124,21 +127,26 @@ def visible_gpus() -> list[str]:
 
 
 def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None = None, per_gpu: int = 1,
-             log_dir: str | Path | None = None, poll_s: float = 1.0) -> dict[str, int]:
+             log_dir: str | Path | None = None, poll_s: float = 1.0, env: Mapping[str, str] | None = None,
+             logs: Mapping[str, str | Path] | None = None) -> dict[str, int]:
     """Run (name, argv) jobs as subprocesses, at most `per_gpu` at a time on each GPU (CUDA_VISIBLE_DEVICES set to
-    it; without GPUs `per_gpu` at a time on the CPU); output to log_dir/NAME.log or inherited. {name: exit code}."""
+    it; with no GPUs, `gpus=[]` included, `per_gpu` at a time, CUDA_VISIBLE_DEVICES left as it is). The environment
+    is `env` (default: this process's); output goes to logs[name], else log_dir/NAME.log (appended), else inherited.
+    {name: exit code}."""
     devices = (list(gpus) if gpus is not None else visible_gpus()) or [None]
     slots = [g for _ in range(per_gpu) for g in devices]          # first one job per GPU, then a second, ...
     queue, running, codes = list(jobs), {}, {}
     while queue or running:
         while queue and slots:
             (name, argv), gpu = queue.pop(0), slots.pop(0)
-            env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+            job_env = dict(os.environ if env is None else env, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+            path = Path(logs[name]) if logs and name in logs else Path(log_dir) / f"{name}.log" if log_dir is not None else None
             out = None
-            if log_dir is not None:
-                Path(log_dir).mkdir(parents=True, exist_ok=True)
-                out = open(Path(log_dir) / f"{name}.log", "a")
-            running[name] = (subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None), gpu, out)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out = open(path, "a")
+            running[name] = (subprocess.Popen(argv, env=job_env, stdout=out, stderr=subprocess.STDOUT if out else None),
+                             gpu, out)
         for name, (proc, gpu, out) in list(running.items()):
             if proc.poll() is not None:
                 codes[name] = proc.returncode
@@ -149,6 +157,17 @@ def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None =
         if running:
             time.sleep(poll_s)
     return codes
+
+
+def log(msg: str) -> None:
+    """A timestamped progress line (long pipelines whose log is read while they run)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def read_json(path: str | Path, default=None):
+    """The JSON in `path`, or `default` when there is no such file (written with nodecode.utils.write_json)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:
