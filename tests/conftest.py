@@ -1,3 +1,4 @@
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,6 +12,17 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 KODAK = SHARED / "kodak"
 IMAGENETTE = SHARED / "imagenette2-224"
 CAMVID = SHARED / "camvid"                  # every dataset path of the tests is here
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(relpath: str):
+    """A script of the checkout (e.g. experiments/codec/scale.py) as a module, loaded from its file: no sys.path edits.
+    Scripts that import a sibling (experiments/fuzz/) keep doing so; this loads the sibling itself."""
+    path = REPO / relpath
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def imagenette_subset(root: Path, classes: list[str], per_split: dict[str, int], names: bool = False) -> Path:

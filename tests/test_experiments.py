@@ -2,7 +2,7 @@
 import json
 import sys
 
-from nodecode.experiments import Budget, Runs, experiment_parser, markdown_table, run_jobs
+from nodecode.experiments import ROOT, Budget, Runs, experiment_parser, markdown_table, read_json, run_jobs
 
 
 def test_runs_merge_skip_and_record(tmp_path):
@@ -29,10 +29,28 @@ def test_run_jobs_one_per_gpu(tmp_path):
     assert gpus[:2] == ["3", "5"] and gpus[2] in ("3", "5")
 
 
+def test_run_jobs_unpinned_with_own_env_and_logs(tmp_path):
+    code = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ['MARK'])"
+    env = {"PATH": "/usr/bin:/bin", "MARK": "x", "CUDA_VISIBLE_DEVICES": "7"}
+    logs = {f"j{i}": tmp_path / f"run{i}" / "stdout.log" for i in range(3)}
+    codes = run_jobs([(n, [sys.executable, "-c", code]) for n in logs], gpus=[], per_gpu=3, env=env, logs=logs,
+                     poll_s=0.05)
+    assert codes == {"j0": 0, "j1": 0, "j2": 0}
+    assert all(p.read_text() == "7 x\n" for p in logs.values())          # gpus=[]: CUDA_VISIBLE_DEVICES left alone
+
+
+def test_read_json(tmp_path):
+    assert read_json(tmp_path / "none.json") is None and read_json(tmp_path / "none.json", {}) == {}
+    (tmp_path / "a.json").write_text('{"a": 1}')
+    assert read_json(tmp_path / "a.json") == {"a": 1}
+
+
 def test_markdown_table():
     assert markdown_table(["run", "top-1"], [("a", "1.00")]) == "| run | top-1 |\n|---|---:|\n| a | 1.00 |"
 
 
 def test_experiment_parser():
     a = experiment_parser("doc", budget_minutes=5.0).parse_args(["collect"])
-    assert (a.stage, a.budget_minutes) == ("collect", 5.0)
+    assert (a.stage, a.budget_minutes, a.results) == ("collect", 5.0, None)
+    a = experiment_parser("doc", area="joint").parse_args(["collect"])
+    assert a.results == str(ROOT / "results" / "joint")

@@ -3,9 +3,7 @@
 The long run (a million inputs, atheris) is experiments/fuzz/run.py; it shares mutations.py with this file."""
 import collections
 import struct
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,11 @@ from nodecode.codec.zoo import load_codec
 from nodecode.errors import NodecodeError
 from nodecode.limits import set_max_pixels
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "fuzz"))
-from mutations import FAMILIES, mutate, random_valid, seed_files  # noqa: E402
+from conftest import load_script
+
+_mutations = load_script("experiments/fuzz/mutations.py")     # shared with experiments/fuzz/run.py
+FAMILIES, mutate, random_valid, seed_files = (_mutations.FAMILIES, _mutations.mutate, _mutations.random_valid,
+                                              _mutations.seed_files)
 
 # the issue's reproducers, written against the c8 weights of the day (fingerprint 6379a86a... may change)
 LAST_WORD_ZERO = "4e44431a01026338f679a86a7a9d71aa0100000001000000080001000100060100000000000000316241c0"

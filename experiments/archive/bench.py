@@ -124,8 +124,7 @@ def search_latency(archive: Path, queries: int = 1000, seed: int = 0) -> dict:
 
 def load(files: list[Path], clients: int, seconds: float, db: str | None) -> dict:
     import httpx
-    sys.path.insert(0, str(ROOT / "tests" / "archive"))
-    from conftest import Server
+    from nodecode.archive.testing import Server
     from nodecode.cli import main
     tmp = Path(tempfile.mkdtemp(prefix="nodecode-load-"))
     ar = tmp / "ar"

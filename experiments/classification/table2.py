@@ -114,7 +114,7 @@ def run(a) -> None:
 def collect(a) -> None:
     from nodecode.bench.flops import codec_rows, model_gmacs
     done = json.loads(Path(a.done).read_text())
-    res = ROOT / "results" / "classification"
+    res = Path(a.results)
     res.mkdir(parents=True, exist_ok=True)
     dec = {int(r["model"].split("=")[1].rstrip(")")): r["gmacs"] for r in codec_rows() if r["model"].startswith("decoder")}
     table = []
@@ -177,7 +177,7 @@ def plots(done: dict, table: list, res: Path, bundled: list) -> None:
 
 
 def main():
-    ap = experiment_parser(__doc__)
+    ap = experiment_parser(__doc__, area="classification")
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--cache", default="/root/cache")
     ap.add_argument("--runs", default="/root/cls")

@@ -28,6 +28,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from nodecode.experiments import log, markdown_table, read_json, run_jobs
+from nodecode.utils import write_json
+
 ROOT = Path(__file__).resolve().parents[2]
 POINTS = json.loads((Path(__file__).with_name("points.json")).read_text())
 NCCL_SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -36,21 +39,6 @@ NCCL_SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "
 def env() -> dict:
     return {**os.environ, **NCCL_SAFE, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
             "PYTHONUNBUFFERED": "1"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def save(res: Path, name: str, obj) -> None:
-    tmp = res / f".{name}.tmp"
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(res / name)
-
-
-def load(res: Path, name: str):
-    p = res / name
-    return json.loads(p.read_text()) if p.exists() else None
 
 
 def gpus() -> int:
@@ -98,7 +86,7 @@ def stage_bench(a, res: Path) -> dict:
     best = max(ok, key=lambda k: ok[k]["pixel_samples_per_s_per_gpu"])
     out["best"] = best
     if a.bench_quick:  # no profile, no DDP scaling (results/codec/scale/bench.json has them)
-        save(res, "bench.json", out)
+        write_json(res / "bench.json", out)
         return out
     out["profile_today"] = profile_step(base if not a.smoke else replace(base, batch_size=4), tiles, steps=5 if not a.smoke else 1)
     today = ok.get("b32 160² eager")
@@ -118,7 +106,7 @@ def stage_bench(a, res: Path) -> dict:
     s1, sn = out["scaling"].get("1", {}), out["scaling"].get(str(gpus()), {})
     if "pixel_samples_per_s_all" in s1 and "pixel_samples_per_s_all" in sn and gpus() > 1:
         out["scaling_efficiency"] = sn["pixel_samples_per_s_all"] / (gpus() * s1["pixel_samples_per_s_all"])
-    save(res, "bench.json", out)
+    write_json(res / "bench.json", out)
     return out
 
 
@@ -154,12 +142,21 @@ def train_cmd(a, point: str, out: Path, recipe: dict, steps: int, minutes: float
     return cmd
 
 
-def run_jobs(jobs: list[tuple[list[str], dict, Path]]) -> list[int]:
-    procs = []
-    for cmd, extra_env, logf in jobs:
-        logf.parent.mkdir(parents=True, exist_ok=True)
-        procs.append(subprocess.Popen(cmd, env={**env(), **extra_env}, stdout=open(logf, "a"), stderr=subprocess.STDOUT))
-    return [p.wait() for p in procs]
+def pinned(i: int) -> dict:
+    """The environment of side-by-side job i that owns one GPU: GPU i mod N (none on a machine without CUDA)."""
+    import torch
+    return {"CUDA_VISIBLE_DEVICES": str(i % gpus())} if torch.cuda.is_available() else {}
+
+
+def side_by_side(jobs: list[tuple[list[str], dict, Path]]) -> list[int]:
+    """Every (cmd, extra env, log) job at once, output appended to its log; exit codes in job order. A job's extra env
+    is pinned(i) or empty (a torchrun job over every GPU); run_jobs places job i on GPU i mod N as pinned(i) says."""
+    gpu_ids = [str(i) for i in range(gpus())] if any(e for _, e, _ in jobs) else []
+    names = [str(logf) for _, _, logf in jobs]
+    codes = run_jobs([(n, cmd) for n, (cmd, _, _) in zip(names, jobs)], gpus=gpu_ids,
+                     per_gpu=math.ceil(len(jobs) / max(1, len(gpu_ids))), env=env(),
+                     logs={n: logf for n, (_, _, logf) in zip(names, jobs)})
+    return [codes[n] for n in names]
 
 
 def finalize(run: Path, cmd: list[str], extra_env: dict, logf: Path) -> None:
@@ -216,7 +213,7 @@ STUDY = {  # c16 from the bundled weights, side by side for the same minutes: le
 
 def stage_study(a, res: Path, minutes: float) -> dict:
     import torch
-    bench = load(res, "bench.json")
+    bench = read_json(res / "bench.json")
     base = recipe_from_bench(bench, a)
     n = gpus()
     per_gpu = math.ceil(len(STUDY) / n)
@@ -227,8 +224,8 @@ def stage_study(a, res: Path, minutes: float) -> dict:
         run = Path(a.runs) / "study" / name.split(" ")[0]
         runs[name] = (run, recipe, steps)
         cmd = train_cmd(a, "c16", run, recipe, steps, minutes, 1, 0, calibrate=False)
-        jobs.append((cmd, {"CUDA_VISIBLE_DEVICES": str(i % n)} if torch.cuda.is_available() else {}, run / "stdout.log"))
-    run_jobs(jobs)
+        jobs.append((cmd, pinned(i), run / "stdout.log"))
+    side_by_side(jobs)
     for cmd, e, logf in jobs:
         finalize(Path(cmd[cmd.index("--out") + 1]), cmd, e, logf)
         run = Path(cmd[cmd.index("--out") + 1])
@@ -252,19 +249,19 @@ def stage_study(a, res: Path, minutes: float) -> dict:
     best = max(ok, key=lambda k: ok[k]["score"]) if ok else None
     out = {"minutes_each": minutes, "per_gpu": per_gpu, "rows": rows, "best": best,
            "score": "Kodak PSNR - 3 dB x log2(bpp / 0.330), among runs within 15% of 0.330 bpp"}
-    save(res, "study.json", out)
+    write_json(res / "study.json", out)
     return out
 
 
 def stage_train(a, res: Path, minutes: float) -> dict:
-    bench, study = load(res, "bench.json"), load(res, "study.json")
+    bench, study = read_json(res / "bench.json"), read_json(res / "study.json")
     recipe = recipe_from_bench(bench, a)
     if study and study.get("best"):
         r = study["rows"][study["best"]]
         recipe.update({k: r[k] for k in ("lr", "schedule", "warmup", "sigma", "batch") if k in r})
     else:
         recipe.update(lr=3e-4)
-    state = load(res, "train_plan.json") or {}
+    state = read_json(res / "train_plan.json") or {}
     n = gpus()
     jobs = []
     for i, point in enumerate(a.points.split(",")):
@@ -275,9 +272,9 @@ def stage_train(a, res: Path, minutes: float) -> dict:
         run = Path(a.runs) / point
         cmd = train_cmd(a, point, run, rp, steps, minutes, n if n > 1 or a.smoke_ddp else 1, 29500 + i, calibrate=True)
         jobs.append((cmd, {}, run / "stdout.log"))
-    save(res, "train_plan.json", state)
+    write_json(res / "train_plan.json", state)
     t0 = time.time()
-    codes = run_jobs(jobs)
+    codes = side_by_side(jobs)
     for cmd, e, logf in jobs:
         finalize(Path(cmd[cmd.index("--out") + 1]), cmd, e, logf)
     out = {"recipe": recipe, "gpus": n, "wall_min": (time.time() - t0) / 60, "exit_codes": codes, "points": {}}
@@ -290,7 +287,7 @@ def stage_train(a, res: Path, minutes: float) -> dict:
         for f in ("log.jsonl", "stdout.log"):
             if (run / f).exists():
                 shutil.copy(run / f, res / "logs" / f"train_{point}_{f}")
-    save(res, "train.json", out)
+    write_json(res / "train.json", out)
     return out
 
 
@@ -319,15 +316,14 @@ def stage_export(a, res: Path) -> dict:
             syms[f.name] = codec.encode_symbols(x)[0].cpu().numpy().astype(np.uint8)
         np.savez_compressed(kdir / f"{point}_symbols.npz", **syms)
         out[point] = kodak_eval(run / "codec.safetensors", a.kodak, dev)
-    save(res, "export.json", {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "points": out})
+    write_json(res / "export.json", {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "points": out})
     return out
 
 
 def stage_downstream(a, res: Path, minutes: float) -> dict:
     """The bundled narrow classifiers and the c8 segmenter, retrained on the new latents (existing recipes)."""
-    import torch
     wdir = res / "weights"
-    n, t0 = gpus(), time.time()
+    t0 = time.time()
     down = Path(a.runs) / "down"
     cls = {p: down / f"cls-{p}" for p in a.points.split(",")}
     lim = ["--max-per-class", "4"] if a.smoke else []
@@ -337,8 +333,8 @@ def stage_downstream(a, res: Path, minutes: float) -> dict:
                "--input", "latent", "--codec", str(wdir / f"{p}.safetensors"), "--model", "cresnet51", "--width", "0.25",
                "--epochs", "28" if not a.smoke else "1", "--batch-size", "256" if not a.smoke else "8",
                "--cache-dir", a.cache, "--max-minutes", f"{minutes - 1.2:.2f}"] + lim
-        jobs.append((cmd, {"CUDA_VISIBLE_DEVICES": str(i % n)} if torch.cuda.is_available() else {}, run / "stdout.log"))
-    run_jobs(jobs)
+        jobs.append((cmd, pinned(i), run / "stdout.log"))
+    side_by_side(jobs)
     seg = down / "seg-c8"
     if (cls["c8"] / "summary.json").exists():
         cmd = [sys.executable, "-m", "nodecode.cli", "train", "segmenter", "--data", a.camvid, "--out", str(seg),
@@ -346,7 +342,7 @@ def stage_downstream(a, res: Path, minutes: float) -> dict:
                "--init", str(cls["c8"] / "classifier.safetensors"), "--cache-dir", a.cache,
                "--max-minutes", f"{max(0.5, minutes - (time.time() - t0) / 60 - 0.3):.2f}"] + \
               (["--iters", "2", "--limit", "4", "--batch-size", "2"] if a.smoke else [])
-        run_jobs([(cmd, {}, seg / "stdout.log")])
+        side_by_side([(cmd, {}, seg / "stdout.log")])
     from nodecode.tasks.classification import load_classifier, save_classifier
     from nodecode.tasks.segmentation import evaluate_segmenter, load_segmenter, save_segmenter
     out = {"classifiers": {}, "segmenter": None}
@@ -361,7 +357,7 @@ def stage_downstream(a, res: Path, minutes: float) -> dict:
         save_segmenter(net, wdir / "segmenter-c8.safetensors", {**meta, "codec": "c8", "val_miou": r["val"]["miou"],
                                                                   "test_miou": r["test"]["miou"]}, half=True)
         out["segmenter"] = {s: {"miou": v["miou"], "iou": v["iou"]} for s, v in r.items()}
-    save(res, "downstream.json", out)
+    write_json(res / "downstream.json", out)
     return out
 
 
@@ -388,22 +384,22 @@ def run_all(a) -> None:
             src = ROOT / "src" / "nodecode" / "weights" / f"{p['init']}.safetensors"
             if src.exists() and not (Path(a.init_dir) / src.name).exists():
                 shutil.copy(src, Path(a.init_dir) / src.name)
-    if not load(res, "bench.json"):
+    if not read_json(res / "bench.json"):
         stage_bench(a, res)
     log(f"bench done ({left():.1f} min left)")
     wait_for(a.wait_train, left)
     log(f"training data there ({left():.1f} min left)")
-    if not load(res, "study.json") and a.study_min > 0:
+    if not read_json(res / "study.json") and a.study_min > 0:
         stage_study(a, res, a.study_min)
     log(f"study done ({left():.1f} min left)")
-    if not load(res, "train.json"):
+    if not read_json(res / "train.json"):
         stage_train(a, res, max(1.0, left() - a.reserve_min))
     log(f"train done ({left():.1f} min left)")
-    if not load(res, "export.json"):
+    if not read_json(res / "export.json"):
         stage_export(a, res)
     log(f"export done ({left():.1f} min left)")
     wait_for(a.wait_camvid, left)
-    if not load(res, "downstream.json"):
+    if not read_json(res / "downstream.json"):
         stage_downstream(a, res, max(1.0, left() - 0.3))
     log(f"all done ({left():.1f} min left)")
 
@@ -445,12 +441,12 @@ def status(a) -> None:
             va = [r for r in rows if r["split"] == "val"][-1:]
             print(point, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in (tr + va)[0].items()}) if tr else "",
                   json.dumps(va[0]) if va else "")
-    bench = load(res, "bench.json")
+    bench = read_json(res / "bench.json")
     if bench:
-        print("| variant | steps/s | M px/s per GPU | peak GB |")
-        for k, r in bench["rows"].items():
-            print(f"| {k} | " + (f"{r['steps_per_s']:.2f} | {r['pixel_samples_per_s_per_gpu'] / 1e6:.1f} | {r['peak_mem_gb'] or 0:.1f} |"
-                                 if "error" not in r else r["error"][:120]))
+        print(markdown_table(["variant", "steps/s", "M px/s per GPU", "peak GB"],
+                             [(k, f"{r['steps_per_s']:.2f}", f"{r['pixel_samples_per_s_per_gpu'] / 1e6:.1f}",
+                               f"{r['peak_mem_gb'] or 0:.1f}") if "error" not in r else
+                              (k, r["error"][:120].replace("\n", " "), "", "") for k, r in bench["rows"].items()]))
         print("scaling", json.dumps({k: round(v.get("pixel_samples_per_s_all", 0) / 1e6, 1) for k, v in bench.get("scaling", {}).items()}),
               bench.get("scaling_efficiency"))
 

@@ -25,10 +25,10 @@ for stage in "$@"; do
     seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m" ${SEG_ARGS:-}) ;;
     speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m" ${SPEED_ARGS:-}) ;;
     joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;
-    # one process per operating point side by side on the one GPU, each with its own runs.json and cache
-    jointpar) cmd=(bash -c 'pts=${JOINT_POINTS:-c8,c32}; for p in ${pts//,/ }; do python3 experiments/joint/run.py run --budget-minutes "$0" \
-                     --points $p --out /root/results/joint-$p --cache /root/cache-$p ${JOINT_ARGS:-} \
-                     >> /root/results/logs/joint-$p.log 2>&1 & done; wait; tail -n 40 /root/results/logs/joint-*.log' "$m") ;;
+    # one process per operating point side by side on the GPU(s) (run.py --parallel), each with its own runs.json
+    # (/root/results/joint-<point>/) and cache; their logs in /root/results/joint/logs/
+    jointpar) cmd=(bash -c 'python3 experiments/joint/run.py run --parallel --budget-minutes "$0" --points "${JOINT_POINTS:-c8,c32}" \
+                     ${JOINT_ARGS:-}; tail -n 40 /root/results/joint/logs/joint-*.log' "$m") ;;
     *)     echo "unknown stage $stage"; continue ;;
   esac
   # a stage that overruns its budget is stopped 20 s after it, so the results still get packed

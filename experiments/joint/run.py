@@ -127,7 +127,7 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
 
 def run(a) -> None:
     points = a.points.split(",")
-    if a.parallel and len(points) > 1:   # one process per point, each with its own runs.json and cache
+    if a.parallel:   # one process per point (one point too), each with its own runs.json and cache
         codes = run_jobs([(f"joint-{p}", python_argv(__file__, "run", *point_args(a, p))) for p in points],
                          per_gpu=len(points), log_dir=Path(a.out) / "logs")
         print(f"exit codes: {codes}; logs in {Path(a.out) / 'logs'}")
@@ -149,7 +149,7 @@ def run(a) -> None:
 
 def point_args(a, point: str) -> list[str]:
     """This call's flags for a one-point process of --parallel: its own --out and --cache."""
-    skip = {"stage", "points", "parallel", "out", "cache", "runs_json"}
+    skip = {"stage", "points", "parallel", "out", "cache", "runs_json", "results"}
     flags = []
     for k, v in vars(a).items():
         if k in skip or v is None or v is False:
@@ -161,7 +161,7 @@ def point_args(a, point: str) -> list[str]:
 def collect(a) -> None:
     import numpy as np
     done = load_runs(*a.runs_json)  # one runs.json per parallel process (per point), merged
-    res = ROOT / "results" / "joint"
+    res = Path(a.results)
     res.mkdir(parents=True, exist_ok=True)
     points = sorted({k.split("/")[0] for k in done}, key=lambda p: int(p[1:]))
     table = {}
@@ -237,7 +237,7 @@ def plots(table, res: Path) -> None:
 
 
 def main():
-    ap = experiment_parser(__doc__)
+    ap = experiment_parser(__doc__, area="joint")
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--kodak", default="/root/data/kodak")
     ap.add_argument("--camvid", default="/root/data/camvid")

@@ -163,7 +163,7 @@ def collect(a) -> None:
     from nodecode.codec.autoencoder import Decoder
     import torch
     done = json.loads(Path(a.done).read_text())
-    res = ROOT / "results" / "segmentation"
+    res = Path(a.results)
     res.mkdir(parents=True, exist_ok=True)
 
     def decoder_gmacs(c):
@@ -227,7 +227,7 @@ def plot(table: list, res: Path) -> None:
 
 
 def main():
-    ap = experiment_parser(__doc__)
+    ap = experiment_parser(__doc__, area="segmentation")
     ap.add_argument("--data", default="/root/data/camvid")
     ap.add_argument("--cache", default="/root/cache")
     ap.add_argument("--cls", default="/root/cls", help="the Table 2 classifiers (backbone initialisation)")

@@ -116,7 +116,7 @@ def collect(a) -> None:
     if not src.exists():
         sys.exit(f"collect: {src} not found (run the run stage first, or pass --out to where speed.json came back)")
     res = json.loads(src.read_text())
-    dst = ROOT / "results" / "speed"
+    dst = Path(a.results)
     dst.mkdir(parents=True, exist_ok=True)
     name = card_slug(res["device"])
     tg = targets(res)
@@ -156,7 +156,7 @@ def plot(res: dict, path: Path) -> None:
 
 
 def main():
-    ap = experiment_parser(__doc__, budget_minutes=5.0)
+    ap = experiment_parser(__doc__, area="speed", budget_minutes=5.0)
     ap.add_argument("--out", default=os.environ.get("SPEED_OUT", "/root/results/speed"))
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--kodak", default="/root/data/kodak")

@@ -3,7 +3,7 @@ of finished work (merged, skipped, saved after each item), jobs spread over the 
 each handed back as it ends), mean ± std over seeds, markdown tables and figures. A script keeps only its own rows,
 stages and plots.
 
-    ap = experiment_parser(__doc__, budget_minutes=9.0)     # stage (run | collect) and --budget-minutes
+    ap = experiment_parser(__doc__, area="joint")         # stage (run | collect), --budget-minutes, --results
     ap.add_argument(...)                                    # the script's own flags
     a = ap.parse_args()
     runs, budget = Runs(Path(a.out) / "runs.json"), Budget(a.budget_minutes)
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]        # the checkout: results/ and experiments/ live here
 # NVLink multicast off in every job (experiments/device/README.md)
@@ -26,13 +26,15 @@ NCCL_SAFE = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "
 
 
 def experiment_parser(doc: str | None, budget_minutes: float = 9.0,
-                      stages: Sequence[str] = ("run", "collect")) -> argparse.ArgumentParser:
-    """The parser every experiment starts from: `run` (device work, resumable) or `collect` (tables, figures), or
-    the script's own `stages`."""
+                      stages: Sequence[str] = ("run", "collect"), area: str | None = None) -> argparse.ArgumentParser:
+    """The parser every experiment starts from: `run` (device work, resumable) or `collect` (tables and figures into
+    --results: results/AREA of the checkout unless told), or the script's own `stages`."""
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("stage", choices=list(stages))
     ap.add_argument("--budget-minutes", type=float, default=budget_minutes,
                     help="run: stop cleanly (finished work recorded, the current run checkpointed) before this")
+    ap.add_argument("--results", default=str(ROOT / "results" / area) if area else None,
+                    help="collect: where the tables and figures are written")
     return ap
 
 
@@ -53,8 +55,7 @@ def load_runs(*paths: str | Path) -> dict:
     """The runs.json files that exist, merged in order (a later file's entry wins)."""
     done: dict = {}
     for p in paths:
-        if Path(p).exists():
-            done.update(json.loads(Path(p).read_text()))
+        done.update(read_json(p, {}))
     return done
 
 
@@ -133,13 +134,14 @@ def visible_gpus() -> list[str]:
 def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None = None, per_gpu: int = 1,
              log_dir: str | Path | None = None, poll_s: float = 1.0, *, budget: Budget | None = None,
              min_start: float = 0.0, grace: float = 0.5, on_done: Callable[[str, int], None] | None = None,
-             env: dict | None = None) -> dict[str, int]:
+             env: Mapping[str, str] | None = None, logs: Mapping[str, str | Path] | None = None) -> dict[str, int]:
     """Run (name, argv) jobs as subprocesses, at most `per_gpu` at a time on each GPU (CUDA_VISIBLE_DEVICES set to
-    it; without GPUs `per_gpu` at a time on the CPU); output to log_dir/NAME.log or inherited; `env` added to each
-    job's environment (with NCCL_SAFE, unbuffered output). {name: exit code}, `on_done(name, code)` called in this
-    process as each job ends. With a `budget`, no job starts with less than `min_start` minutes left (those are
-    left out of the result: the next call runs them), and one still running `grace` minutes past the budget is
-    terminated (jobs are expected to stop themselves before it)."""
+    it; with no GPUs, `gpus=[]` included, `per_gpu` at a time, CUDA_VISIBLE_DEVICES left as it is); `env` added to
+    each job's environment (with NCCL_SAFE, unbuffered output); output to logs[name], else log_dir/NAME.log
+    (appended), else inherited. {name: exit code}, `on_done(name, code)` called in this process as each job ends.
+    With a `budget`, no job starts with less than `min_start` minutes left (those are left out of the result: the
+    next call runs them), and one still running `grace` minutes past the budget is terminated (jobs are expected to
+    stop themselves before it)."""
     devices = (list(gpus) if gpus is not None else visible_gpus()) or [None]
     slots = [g for _ in range(per_gpu) for g in devices]          # first one job per GPU, then a second, ...
     queue, running, codes = list(jobs), {}, {}
@@ -148,10 +150,11 @@ def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None =
             (name, argv), gpu = queue.pop(0), slots.pop(0)
             job_env = {**os.environ, **NCCL_SAFE, "PYTHONUNBUFFERED": "1", **(env or {}),
                        **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {})}
+            path = Path(logs[name]) if logs and name in logs else Path(log_dir) / f"{name}.log" if log_dir is not None else None
             out = None
-            if log_dir is not None:
-                Path(log_dir).mkdir(parents=True, exist_ok=True)
-                out = open(Path(log_dir) / f"{name}.log", "a")
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                out = open(path, "a")
             print(f"[{time.strftime('%H:%M:%S')}] start {name} on {'GPU ' + gpu if gpu is not None else 'CPU'}",
                   flush=True)
             running[name] = (subprocess.Popen(argv, env=job_env, stdout=out, stderr=subprocess.STDOUT if out else None),
@@ -180,6 +183,17 @@ def mean_std(values) -> tuple[float, float]:
     import numpy as np
     v = np.asarray(list(values), dtype=float)
     return float(v.mean()), float(v.std())
+
+
+def log(msg: str) -> None:
+    """A timestamped progress line (long pipelines whose log is read while they run)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def read_json(path: str | Path, default=None):
+    """The JSON in `path`, or `default` when there is no such file (written with nodecode.utils.write_json)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else default
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence], align: str | None = None) -> str:

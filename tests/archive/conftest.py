@@ -5,25 +5,17 @@ import hashlib
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+from nodecode.archive.testing import Server, free_port, subprocess_env as env
+
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -101,13 +93,6 @@ def many_photos(tmp_path_factory) -> Path:
     return root
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = os.pathsep.join([str(SRC), e.get("PYTHONPATH", "")])
-    e["OMP_NUM_THREADS"] = "2"
-    return e
-
-
 def cli(*args, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "nodecode.cli", *map(str, args)], env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
@@ -133,47 +118,6 @@ def consistency(archive: Path, restart: bool = False) -> dict:
 
 def sha_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-class Server:
-    """`nodecode serve` in a subprocess on a free 127.0.0.1 port."""
-
-    def __init__(self, archive: Path, *extra):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "nodecode.cli", "serve", str(archive), "--port",
-                                      str(self.port), *map(str, extra)], env=env(), stdout=self.log,
-                                     stderr=subprocess.STDOUT)
-        import httpx
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited: {self.log.read()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/api/stats", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.stop()
-        raise RuntimeError("server did not start in 120 s")
-
-    def kill9(self):
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-
-    def output(self) -> str:
-        self.log.seek(0)
-        return self.log.read()
 
 
 @pytest.fixture
