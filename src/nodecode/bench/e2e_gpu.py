@@ -75,14 +75,7 @@ def ndc_shard_pass(shard: Path | list, dec, infer, batch: int, pipelined: bool) 
             c = time.perf_counter()
             r = dec.decode(None, p)
             sym, corrupt = r.symbols, corrupt + len(r.errors)
-        if not pipelined:
-            sync(dev)
-        d = time.perf_counter()
-        with torch.no_grad():
-            labels.append(infer(sym))
-        if not pipelined:
-            sync(dev)
-        e = time.perf_counter()
+        d, e = _infer_timed(infer, sym, labels, dev, pipelined)
         t["parse_s"] += b - a
         t["h2d_s"] += c - b
         t["decode_s"] += d - c
@@ -92,6 +85,18 @@ def ndc_shard_pass(shard: Path | list, dec, infer, batch: int, pipelined: bool) 
         corrupt += int((torch.cat(statuses) != 0).sum())
     return {"seconds": time.perf_counter() - t0, **t, "labels": labels, "keys": [s.key for s in samples],
             "corrupt": corrupt}
+
+
+def _infer_timed(infer, x, labels: list, dev: torch.device, pipelined: bool) -> tuple[float, float]:
+    """Append infer(x) to labels; the clock just before and just after (synchronized unless pipelined)."""
+    if not pipelined:
+        sync(dev)
+    start = time.perf_counter()
+    with torch.no_grad():
+        labels.append(infer(x))
+    if not pipelined:
+        sync(dev)
+    return start, time.perf_counter()
 
 
 def nvjpeg_missing(dev: torch.device) -> str | None:
@@ -116,14 +121,7 @@ def nvjpeg_pass(files: list[str], infer, batch: int, dev: torch.device, pipeline
         datas = [torch.frombuffer(bytearray(Path(f).read_bytes()), dtype=torch.uint8) for f in files[i: i + batch]]
         b = time.perf_counter()
         x = torch.stack(decode_jpeg(datas, mode=ImageReadMode.RGB, device=dev))
-        if not pipelined:
-            sync(dev)
-        c = time.perf_counter()
-        with torch.no_grad():
-            labels.append(infer(x))
-        if not pipelined:
-            sync(dev)
-        d = time.perf_counter()
+        c, d = _infer_timed(infer, x, labels, dev, pipelined)
         t["read_s"] += b - a
         t["decode_s"] += c - b
         t["network_s"] += d - c
