@@ -38,6 +38,21 @@ def imagenette_subset(root: Path, classes: list[str], per_split: dict[str, int],
     return root
 
 
+def imagenette_ndc(dest: Path, codec, classes: list[str], per_class: int, by_class: bool = True) -> list[Path]:
+    """The first real Imagenette val images of `classes`, evaluation-cropped, as `codec`'s .ndc files in
+    dest/<class>/ (or flat in dest); their paths."""
+    from nodecode.data.folders import prepare_image
+    from nodecode.data.images import load_image, to_tensor
+    out = []
+    for c in classes:
+        d = dest / c if by_class else dest
+        d.mkdir(parents=True, exist_ok=True)
+        for f in sorted((IMAGENETTE / "val" / c).glob("*.JPEG"))[:per_class]:
+            out.append(d / f"{f.stem}.ndc")
+            out[-1].write_bytes(codec.compress(to_tensor(prepare_image(load_image(f)))))
+    return out
+
+
 def needs(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
 

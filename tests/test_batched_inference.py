@@ -5,13 +5,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CAMVID, IMAGENETTE, needs
+from conftest import CAMVID, IMAGENETTE, imagenette_ndc, needs
 from nodecode.cli import main
 from nodecode.codec import bitstream
 from nodecode.codec.gpu_entropy import triton_available
 from nodecode.codec.reader import open_ndc
 from nodecode.codec.zoo import load_codec
-from nodecode.data.images import load_image, to_tensor
+from nodecode.data.images import load_image, to_tensor, to_uint8
 
 FRAME = CAMVID / "images" / "val" / "0016E5_07959.jpg"
 
@@ -19,17 +19,12 @@ FRAME = CAMVID / "images" / "val" / "0016E5_07959.jpg"
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Four 224² Imagenette val images and two small crops as c8 .ndc files, and four bad ones."""
-    from nodecode.data.folders import prepare_image
     if not IMAGENETTE.exists():
         pytest.skip("no Imagenette")
     d = tmp_path_factory.mktemp("many")
     c8 = load_codec("c8")
-    good = []
-    for c in sorted((IMAGENETTE / "val").iterdir())[:2]:
-        for f in sorted(c.glob("*.JPEG"))[:2]:
-            img = prepare_image(load_image(f))
-            (d / f"{f.stem}.ndc").write_bytes(c8.compress(to_tensor(img)))
-            good.append(d / f"{f.stem}.ndc")
+    good = imagenette_ndc(d, c8, [c.name for c in sorted((IMAGENETTE / "val").iterdir())[:2]], 2, by_class=False)
+    img = to_uint8(c8.decompress(good[-1].read_bytes()))                  # 224², for two smaller images
     for i, (h, w) in enumerate([(40, 56), (40, 56)]):       # another image size: another batch
         (d / f"crop{i}.ndc").write_bytes(c8.compress(to_tensor(np.ascontiguousarray(img[i * 8: i * 8 + h, :w]))))
         good.append(d / f"crop{i}.ndc")

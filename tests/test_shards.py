@@ -12,7 +12,7 @@ from nodecode.data.ndc import NdcBatchLoader, NdcDataset
 from nodecode.data.shards import iter_members, read_shard
 from nodecode.errors import NodecodeError
 
-from conftest import IMAGENETTE
+from conftest import IMAGENETTE, imagenette_ndc
 
 CLASSES = ["n01440764", "n03028079"]
 
@@ -20,16 +20,10 @@ CLASSES = ["n01440764", "n03028079"]
 @pytest.fixture(scope="module")
 def ndc_dir(tmp_path_factory):
     """<class>/<name>.ndc: three real Imagenette val images per class, compressed with the bundled c8 codec."""
-    from nodecode.data.folders import prepare_image
-    from nodecode.data.images import load_image, to_tensor
     if not IMAGENETTE.exists():
         pytest.skip("no Imagenette")
     root = tmp_path_factory.mktemp("ndc")
-    codec = load_codec("c8")
-    for c in CLASSES:
-        (root / c).mkdir()
-        for f in sorted((IMAGENETTE / "val" / c).glob("*.JPEG"))[:3]:
-            (root / c / f"{f.stem}.ndc").write_bytes(codec.compress(to_tensor(prepare_image(load_image(f)))))
+    imagenette_ndc(root, load_codec("c8"), CLASSES, 3)
     return root
 
 
