@@ -23,6 +23,7 @@ import json
 import os
 import subprocess
 import sys
+from fnmatch import fnmatch
 from pathlib import Path
 
 from nodecode.experiments import (ROOT, Budget, Runs, experiment_parser, markdown_table, mean_std, pyplot,
@@ -43,14 +44,15 @@ def key(point: str, kind: str, model: str, width: float, seed: int) -> str:
 
 
 def grid(a) -> list[tuple]:
-    """(key, point, kind, model, width, seed) in run order: point by point (RGB rows with the first), seed by seed."""
+    """(key, point, kind, model, width, seed) in run order: point by point (RGB rows with the first), seed by seed;
+    only the keys matching one of --runs (shell patterns) when given."""
     out, seen = [], set()
     for point in a.points:
         for seed in a.seeds:
             for width in a.widths:
                 for kind, model in ARMS:
                     k = key(point, kind, model, width, seed)
-                    if k not in seen:
+                    if k not in seen and (not a.runs or any(fnmatch(k, pat) for pat in a.runs)):
                         seen.add(k)
                         out.append((k, point, kind, model, width, seed))
     return out
@@ -230,15 +232,18 @@ def report(a, runs: Runs, out: Path, plot: bool = False) -> None:
 def plot_fig6(points: list[dict], path: Path) -> None:
     plt = pyplot()
     pts = [p for p in POINT_ORDER if any(r["point"] == p for r in points)]
-    fig, axes = plt.subplots(1, len(pts), figsize=(5 * len(pts), 4), sharey=True, squeeze=False)
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    fig, axes = plt.subplots(1, len(pts), figsize=(5 * len(pts), 4), sharex=True, sharey=True, squeeze=False)
     for ax, point in zip(axes[0], pts):
-        for kind, model in ARMS:
+        for i, (kind, model) in enumerate(ARMS):       # one colour per arm in every panel
             rs = sorted((r for r in points if r["input"] == kind and r["model"] == model
                          and r["point"] in (point, "none")), key=lambda r: r["gmacs"])
             if rs:
                 ax.errorbar([r["gmacs"] for r in rs], [r["top1"] for r in rs], [r["top1_std"] for r in rs],
-                            marker="o", capsize=3, label=f"{model} ({kind})")
+                            marker="o", capsize=3, color=f"C{i}", label=f"{model} ({kind})")
         ax.set_xscale("log"); ax.set_title(point); ax.set_xlabel("GMACs (network only)"); ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter()); ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("val top-1 [%]")
     save_figure(fig, path)
@@ -283,6 +288,8 @@ def parse(argv=None):
     ap.add_argument("--points", default="c8,c16,c32")
     ap.add_argument("--widths", default="0.25,0.5,1.0")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--runs", default=None, help="run: only grid keys matching these shell patterns (comma separated), "
+                    "e.g. 'c8-*-w1-s*,none-rgb-resnet50-w1-s0'")
     ap.add_argument("--variants", default=None, help="search: only these variants (comma separated)")
     ap.add_argument("--holdout-frac", type=float, default=0.1)
     ap.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
@@ -303,6 +310,7 @@ def parse(argv=None):
     a.widths = [float(w) for w in a.widths.split(",")]
     a.seeds = [int(s) for s in a.seeds.split(",")]
     a.variants = a.variants.split(",") if a.variants else None
+    a.runs = [r for r in a.runs.split(",") if r] if a.runs else None
     a.out = a.out or a.state
     if a.done is None and a.stage == "collect":
         a.done = str(ROOT / "results" / "classification" / "matched" / "runs.json")
