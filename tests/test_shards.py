@@ -110,3 +110,29 @@ def test_pack_refuses_bad_input_without_writing(ndc_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(e.startswith("nodecode: error: ") for e in err) and "a.ndc" in err[1]
     assert not out.exists() and list(tmp_path.glob(".o.tar*")) == []
+
+
+def test_a_damaged_later_header_is_named_by_its_offset(shard, tmp_path):
+    """Header checksums are verified for every member (in one pass): damage to the 4th header is found there."""
+    buf = bytearray(shard.read_bytes())
+    with tarfile.open(shard) as tar:
+        fourth = tar.getmembers()[3].offset
+    buf[fourth + 20] ^= 0x01                           # inside the member's name: only the checksum can tell
+    bad = tmp_path / "hdr.tar"
+    bad.write_bytes(bytes(buf))
+    with pytest.raises(NodecodeError, match=f"corrupt tar header at byte {fourth}"):
+        read_shard(bad)
+
+
+def test_meta_is_parsed_when_read_and_bad_json_names_its_key(shard, tmp_path):
+    samples = read_shard(shard)
+    assert samples[0].meta == {"model": "c8", "height": 224, "width": 224, "class": CLASSES[0]}
+    buf = bytearray(shard.read_bytes())
+    at = bytes(buf).index(b'{"model"')
+    buf[at] = ord("[")                                  # same length, same tar checksums: only the JSON is broken
+    bad = tmp_path / "json.tar"
+    bad.write_bytes(bytes(buf))
+    s = read_shard(bad)[0]
+    assert s.ndc == samples[0].ndc and s.label == samples[0].label
+    with pytest.raises(NodecodeError, match=f"{s.key}.json is not valid json"):
+        s.meta

@@ -93,8 +93,8 @@ def write_baseline(images: list[np.ndarray], names: list[str], out: Path, fmt: s
 
 
 def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor, compiled: bool = False):
-    """u8 batch -> argmax labels: BN folded, bf16, channels_last (torch.compile'd if `compiled`); a CUDA graph for
-    full batches on CUDA. The labels are a copy (a graph's output is overwritten by its next replay)."""
+    """u8 batch -> argmax labels: BN folded, bf16, channels_last (torch.compile'd if `compiled`); a CUDA graph on
+    CUDA for every batch up to the example's size (a last, smaller batch replays it too: no recompile). The labels are a copy (a graph's output is overwritten by its next replay)."""
     m = fold_bn(net).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
     if compiled:
         m = torch.compile(m)
@@ -104,7 +104,7 @@ def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor, compiled: b
     graph = maybe_graph(fn, example_u8)
     if not isinstance(graph, GraphRunner):
         return fn
-    return lambda u8: graph(u8).clone() if u8.shape == graph.static_in.shape else fn(u8)
+    return lambda u8: graph(u8).clone() if graph.fits(u8) else fn(u8)
 
 
 def run_files(files: list[str], decode_chunk, infer, batch: int, workers: int, device, pipelined: bool,
@@ -239,10 +239,12 @@ def _log_row(log, r):
 
 def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit: int | None = 1024,
               batch: int = 256, workers: int | None = None, cls_root=None, width: float = 1.0, log=print,
-              points: tuple = ("c8", "c16"), compiled: bool = True, train_steps_n: int = 30) -> list[dict]:
+              points: tuple = ("c8", "c16"), compiled: bool = True, train_steps_n: int = 30,
+              repeat: int = 1) -> list[dict]:
     """All end-to-end rows (see the module docstring); trained weights from cls_root/<point>-latent-cresnet51-s0
     and cls_root/none-rgb-resnet50-s0 when there (top-1), else random ones. `codec_name` is the point of the
-    CPU-process .ndc row and of the training-input rows."""
+    CPU-process .ndc row and of the training-input rows. Every timed row goes `repeat` times over the set (the
+    shard read again each time, the files opened again), so that a small set still measures the steady state."""
     from nodecode.bench import e2e_gpu as g
     from nodecode.codec.gpu_entropy import BatchDecoder
     from nodecode.codec.zoo import load_codec
@@ -252,7 +254,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
     work = Path(work)
     points = tuple(dict.fromkeys((codec_name, *points)))
     info = prepare_files(val_dir, work, points, limit, workers, dev, log)
-    names = info["names"]
+    names = info["names"] * repeat
     workers = workers if workers is not None else min(16, os.cpu_count() or 1)
     ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
     impls = ["optimized"] + (["compiled"] if compiled and dev.type == "cuda" else [])
@@ -287,7 +289,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
             return infer
 
         def row(infer, impl, mode, point=point, dec=dec, classes=classes):
-            r = g.ndc_shard_pass(work / f"{point}.tar", dec, infer, batch, mode == "pipelined")
+            r = g.ndc_shard_pass([work / f"{point}.tar"] * repeat, dec, infer, batch, mode == "pipelined")
             keys = r["keys"]
             return _row(f"e2e-ndc-{point}-shard-{dec.backend}", "cresnet51", impl, mode, r, keys, classes, info["bpp"][point],
                         batch, point=point, corrupt=r["corrupt"])
@@ -301,7 +303,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
         if why:
             rows.append({"path": label, "skipped": why})
             continue
-        files = info["originals"] if which == "original" else \
+        files = info["originals"] * repeat if which == "original" else \
             [str(work / which / "jpeg" / f"{n}.jpg") for n in names]
 
         def build(impl, files=files):
@@ -326,7 +328,8 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
         for kind in ("jpeg", "ndc"):
             if kind == "jpeg":
                 net, mean, classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
-                prep, shape, fn, files = (lambda u8, m=mean: u8.float() - m), (3, 224), decode_image_chunk, info["originals"]
+                prep, shape, fn, files = (lambda u8, m=mean: u8.float() - m), (3, 224), decode_image_chunk, \
+                    info["originals"] * repeat
             else:
                 net, mean, classes = _classifier(ck(f"{codec_name}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
                 prep, shape, fn = (lambda u8, m=mean: codec.latent(u8) - m), (c, 28), decode_ndc_chunk

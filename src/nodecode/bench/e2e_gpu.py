@@ -47,17 +47,36 @@ class PinnedRing:
         return out
 
 
-def ndc_shard_pass(shard: Path | list, dec, infer, batch: int, pipelined: bool) -> dict:
-    """A shard (path: read every pass; or its samples) -> parse -> one copy -> decode -> infer, per batch.
+def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool) -> dict:
+    """Shards (paths, each read in one sequential read when its turn comes; or a list of samples) -> parse -> one
+    copy -> decode -> infer, per batch (a batch does not cross shards).
 
     {"seconds", "read_s", "parse_s", "h2d_s", "decode_s", "network_s", "labels", "keys", "corrupt"}; corrupt files
     are counted from the decoder's statuses at the end (no per-batch synchronisation for them)."""
     dev = dec.device
     t = dict.fromkeys(("read_s", "parse_s", "h2d_s", "decode_s", "network_s"), 0.0)
     t0 = time.perf_counter()
-    samples = read_shard(shard) if isinstance(shard, (str, Path)) else shard   # one sequential read
-    t["read_s"] = time.perf_counter() - t0
-    labels, statuses, ring, corrupt = [], [], PinnedRing(dev), 0
+    if isinstance(shards, (str, Path)):
+        shards = [shards]
+    elif shards and not isinstance(shards[0], (str, Path)):
+        shards = [shards]                                                    # the samples of one shard
+    labels, statuses, ring, corrupt, keys = [], [], PinnedRing(dev), 0, []
+    for shard in shards:
+        a = time.perf_counter()
+        samples = read_shard(shard) if isinstance(shard, (str, Path)) else shard   # one sequential read
+        t["read_s"] += time.perf_counter() - a
+        keys += [s.key for s in samples]
+        corrupt += _shard_batches(samples, dec, infer, batch, pipelined, dev, t, labels, statuses, ring)
+    labels = torch.cat(labels).cpu().tolist()
+    if statuses:
+        corrupt += int((torch.cat(statuses) != 0).sum())
+    return {"seconds": time.perf_counter() - t0, **t, "labels": labels, "keys": keys, "corrupt": corrupt}
+
+
+def _shard_batches(samples, dec, infer, batch, pipelined, dev, t, labels, statuses, ring) -> int:
+    """One shard's samples through parse -> copy -> decode -> infer, batch by batch (times added to `t`); the
+    files refused on the host."""
+    corrupt = 0
     for i in range(0, len(samples), batch):
         a = time.perf_counter()
         p = pack_files([s.ndc for s in samples[i: i + batch]], dec.model)
@@ -80,11 +99,7 @@ def ndc_shard_pass(shard: Path | list, dec, infer, batch: int, pipelined: bool) 
         t["h2d_s"] += c - b
         t["decode_s"] += d - c
         t["network_s"] += e - d
-    labels = torch.cat(labels).cpu().tolist()
-    if statuses:
-        corrupt += int((torch.cat(statuses) != 0).sum())
-    return {"seconds": time.perf_counter() - t0, **t, "labels": labels, "keys": [s.key for s in samples],
-            "corrupt": corrupt}
+    return corrupt
 
 
 def _infer_timed(infer, x, labels: list, dev: torch.device, pipelined: bool) -> tuple[float, float]:

@@ -30,7 +30,9 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 
 class GraphRunner:
-    """fn(x) captured once as a CUDA graph on a static input of x's shape; a call copies x in and replays."""
+    """fn(x) captured once as a CUDA graph on a static input of x's shape; a call copies x in and replays. A smaller
+    batch (the last one) fills the first rows and gets the first rows of the output: fn must treat samples
+    independently (an inference network: BN folded or in eval mode)."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, warmup: int = 3):
         self.static_in = example.clone()
@@ -44,10 +46,14 @@ class GraphRunner:
         with torch.cuda.graph(self.graph), torch.no_grad():
             self.static_out = fn(self.static_in)
 
+    def fits(self, x: torch.Tensor) -> bool:
+        return x.shape[0] <= self.static_in.shape[0] and x.shape[1:] == self.static_in.shape[1:]
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        self.static_in.copy_(x)
+        n = x.shape[0]
+        self.static_in[:n].copy_(x)
         self.graph.replay()
-        return self.static_out
+        return self.static_out if n == self.static_in.shape[0] else self.static_out[:n]
 
 
 def maybe_graph(fn: Callable[[torch.Tensor], torch.Tensor], example: torch.Tensor, log=print):

@@ -52,6 +52,8 @@ class SpeedConfig:
     e2e_batch: int = option(256, "end-to-end batch")
     e2e_points: tuple[str, ...] = option(("c8", "c16"), "operating points of the .ndc shard rows (JPEG at each's bpp)")
     e2e_train_steps: int = option(30, "training steps timed per training-input row")
+    e2e_repeat: int = option(1, "passes over the --e2e-data images per timed row (a small set then measures the "
+                                "steady state)")
     workers: int | None = option(None, "decoding worker processes (default: the CPU count)")
     classifiers: str | None = option(None, "folder of trained <point>-<input>-<model>-s0 runs (top-1 of the e2e rows)")
     kodak: str | None = option(None, "Kodak folder: codec encode/decode speed")
@@ -249,7 +251,7 @@ def run_all(cfg: SpeedConfig, json_out=None, log=print) -> dict:
         work = cfg.e2e_work or __import__("tempfile").mkdtemp(prefix="nodecode-e2e-")
         res["rows"] += e2e_speed(cfg.e2e_data, work, f"c{cfg.latent_channels}", cfg.device, cfg.e2e_limit,
                                  cfg.e2e_batch, cfg.workers, cfg.classifiers, cfg.width, log, cfg.e2e_points,
-                                 "compiled" in cfg.impls, cfg.e2e_train_steps)
+                                 "compiled" in cfg.impls, cfg.e2e_train_steps, cfg.e2e_repeat)
     if cfg.kodak:
         from nodecode.bench.codec_speed import kodak_speed
         res["codec"] = kodak_speed(cfg.kodak, f"c{cfg.latent_channels}", cfg.device, cfg.kodak_limit, cfg.cpu_images,

@@ -125,6 +125,26 @@ def unpack(data: bytes) -> tuple[Header, np.ndarray]:
     return Header(name, fp, height, width, (c, h, w), ncent), words
 
 
+def header_prefix(data: bytes) -> bytes:
+    """The header bytes of a file that unpack() accepted, up to (not including) its word count: identical for every
+    file of one model and image size, so a file that starts with them needs only its length and CRC checked."""
+    return bytes(data[: _FIXED.size + data[5] + _DIMS.size - 4])
+
+
+def words_after(data: bytes, prefix: bytes) -> np.ndarray | None:
+    """The words of `data` if it starts with `prefix` (of a file unpack() accepted), its length and CRC checked as
+    unpack() checks them; None if the header differs (then unpack() it)."""
+    p = len(prefix)
+    if data[:p] != prefix:
+        return None
+    nwords = int.from_bytes(data[p: p + 4], "little")
+    if len(data) != p + 4 + 4 * nwords + _CRC.size:
+        raise NodecodeError(f"truncated or padded .ndc file ({len(data)} bytes, header says {p + 4 + 4 * nwords + 4})")
+    if zlib.crc32(memoryview(data)[: -_CRC.size]) != int.from_bytes(data[-_CRC.size:], "little"):
+        raise NodecodeError("corrupted .ndc file (checksum mismatch)")
+    return np.frombuffer(data, dtype="<u4", count=nwords, offset=p + 4)
+
+
 def check_model(header: Header, name: str, fingerprint: bytes, num_centers: int) -> None:
     """The one check that a header (already validated by unpack) belongs to the loaded model: name, weights, L."""
     if header.model != name or header.fingerprint != fingerprint or header.num_centers != num_centers:

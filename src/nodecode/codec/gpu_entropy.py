@@ -71,11 +71,18 @@ def entropy_model(model):
 def pack_files(files: list, model) -> Packed:
     """Validate and gather the words of many .ndc files (bytes, or NdcFiles already read and validated once);
     a file that fails (magic, CRC, header, model, shape) goes to `errors`, the others into one buffer."""
-    from nodecode.codec.reader import open_ndc
+    from nodecode.codec.reader import NdcFile, open_ndc
     model = entropy_model(model)
     words, headers, index, errors, shape = [], [], [], {}, None
+    prefix = accepted = None     # the header bytes of the last file accepted in full, and its Header
     for i, item in enumerate(files):
-        try:
+        try:                     # a file with that same header needs only its length and CRC checked
+            w = bitstream.words_after(item, prefix) if prefix is not None and not isinstance(item, NdcFile) else None
+            if w is not None:
+                words.append(w)
+                headers.append(accepted)
+                index.append(i)
+                continue
             f = open_ndc(item)          # an NdcFile is returned as it is: no second unpack, no second CRC
             model.check(f)
             if f.header.latent_shape[0] != model.channels:
@@ -88,6 +95,8 @@ def pack_files(files: list, model) -> Packed:
         if f.header.latent_shape != shape:
             errors[i] = f"latent shape {f.header.latent_shape} differs from the batch's {shape}"
             continue
+        if not isinstance(item, NdcFile):
+            prefix, accepted = bitstream.header_prefix(f.data), f.header
         words.append(f.words)
         headers.append(f.header)
         index.append(i)

@@ -14,6 +14,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from nodecode.codec import bitstream
 from nodecode.errors import NodecodeError
 from nodecode.utils import atomic_path
@@ -24,7 +26,16 @@ class Sample:
     key: str
     ndc: bytes | None
     label: int | None = None       # from key.cls
-    meta: dict | None = None       # from key.json
+    meta_json: bytes | None = None  # key.json as stored: parsed on first use of .meta (the GPU path never needs it)
+
+    @property
+    def meta(self) -> dict | None:
+        if self.meta_json is None:
+            return None
+        try:
+            return json.loads(self.meta_json)
+        except ValueError:
+            raise NodecodeError(f"shard member {self.key}.json is not valid json") from None
 
 
 def _class_of(rel: Path) -> str | None:
@@ -91,38 +102,73 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
-def iter_members(buf: bytes, where: str = "shard"):
-    """(name, bytes) of each regular file of a tar held in memory (ustar, pax and GNU long names)."""
-    mv, off, n, pending = memoryview(buf), 0, len(buf), None
+def _check_headers(buf: bytes, heads: list[int], where: str) -> None:
+    """Every tar header's checksum (bytes summed with the checksum field as spaces), all headers in one numpy pass."""
+    if not heads:
+        return
+    arr = np.frombuffer(buf, np.uint8, count=len(buf) // 512 * 512).reshape(-1, 512)
+    blocks = arr[np.asarray(heads, np.int64) // 512]          # headers sit on 512-byte blocks
+    field = blocks[:, 148:156].astype(np.int64)
+    got = blocks.sum(1, dtype=np.int64) - field.sum(1) + 8 * 32
+    stored = np.zeros(len(heads), np.int64)        # the octal field (leading spaces, then digits, then NUL / space)
+    for j in range(8):
+        digit = (field[:, j] >= 48) & (field[:, j] <= 55)
+        stored = np.where(digit, stored * 8 + field[:, j] - 48, stored)
+    bad = np.flatnonzero(got != stored)
+    if len(bad):
+        raise NodecodeError(f"{where}: corrupt tar header at byte {heads[bad[0]]}")
+
+
+def _walk(buf: bytes, where: str, heads: list[int]) -> list[tuple[str, int, int]]:
+    """(name, payload offset, size) of each regular file; the offset of every header visited goes to `heads`."""
+    off, n, pending, out = 0, len(buf), None, []
     while off + 512 <= n:
-        head = buf[off: off + 512]
-        if head.count(0) == 512:
-            return
-        if _octal(head[148:156], where) != sum(head[:148]) + 256 + sum(head[156:]):
-            raise NodecodeError(f"{where}: corrupt tar header at byte {off}")
-        size = _octal(head[124:136], where)
-        kind = head[156:157]
+        if buf[off] == 0 and buf.count(0, off, off + 512) == 512:     # the end-of-archive block
+            return out
+        heads.append(off)
+        size = _octal(buf[off + 124: off + 136], where)
+        kind = buf[off + 156: off + 157]
         body = off + 512
         if body + size > n:
             raise NodecodeError(f"{where}: truncated tar (member at byte {off} runs past the end)")
-        payload = mv[body: body + size]
-        off = body + (size + 511) // 512 * 512
         if kind == b"x":
-            pending = _pax_path(bytes(payload)) or pending
+            pending = _pax_path(buf[body: body + size]) or pending
         elif kind == b"L":
-            pending = bytes(payload).rstrip(b"\0").decode("utf-8")
+            pending = buf[body: body + size].rstrip(b"\0").decode("utf-8")
         elif kind in (b"0", b"\0", b"7"):
             name = pending
             if name is None:
-                name = head[:100].rstrip(b"\0").decode("utf-8")
-                if head[257:262] == b"ustar" and head[345] != 0:
-                    name = head[345:500].rstrip(b"\0").decode("utf-8") + "/" + name
+                name = buf[off: off + 100].rstrip(b"\0").decode("utf-8")
+                if buf[off + 257: off + 262] == b"ustar" and buf[off + 345] != 0:
+                    name = buf[off + 345: off + 500].rstrip(b"\0").decode("utf-8") + "/" + name
             pending = None
-            yield name, payload
+            out.append((name, body, size))
         else:                    # directories, links, global pax headers: nothing to read
             pending = None
-    if off < n and buf[off:].count(0) != n - off:
+        off = body + (size + 511) // 512 * 512
+    if off < n and buf.count(0, off) != n - off:
         raise NodecodeError(f"{where}: truncated tar")
+    return out
+
+
+def scan_members(buf: bytes, where: str = "shard") -> list[tuple[str, int, int]]:
+    """(name, payload offset, size) of each regular file of a tar held in memory (ustar, pax and GNU long names);
+    a damaged header is reported as such, even when the walk tripped over it first."""
+    heads: list[int] = []
+    try:
+        out = _walk(buf, where, heads)
+    except (NodecodeError, ValueError, UnicodeDecodeError) as e:
+        _check_headers(buf, heads, where)
+        raise e if isinstance(e, NodecodeError) else NodecodeError(f"{where}: not a tar file (bad header)") from None
+    _check_headers(buf, heads, where)
+    return out
+
+
+def iter_members(buf: bytes, where: str = "shard"):
+    """(name, bytes) of each regular file of a tar held in memory."""
+    mv = memoryview(buf)
+    for name, off, size in scan_members(buf, where):
+        yield name, mv[off: off + size]
 
 
 def read_shard(path: str | os.PathLike) -> list[Sample]:
@@ -132,7 +178,8 @@ def read_shard(path: str | os.PathLike) -> list[Sample]:
         raise NodecodeError(f"no such file: {path}")
     buf = path.read_bytes()
     samples: dict[str, Sample] = {}
-    for name, payload in iter_members(buf, str(path)):
+    for name, off, size in scan_members(buf, str(path)):
+        payload = buf[off: off + size]
         base = name.rsplit("/", 1)
         stem, dot, ext = base[-1].partition(".")
         if not dot:
@@ -143,11 +190,11 @@ def read_shard(path: str | os.PathLike) -> list[Sample]:
             s = samples[key] = Sample(key, None)
         try:
             if ext == "ndc":
-                s.ndc = bytes(payload)
+                s.ndc = payload
             elif ext == "cls":
-                s.label = int(bytes(payload))
+                s.label = int(payload)
             elif ext == "json":
-                s.meta = json.loads(bytes(payload))
+                s.meta_json = payload
         except ValueError:
             raise NodecodeError(f"{path}: member {name} is not valid {ext}") from None
     return [s for s in samples.values() if s.ndc is not None]
