@@ -136,3 +136,29 @@ def test_meta_is_parsed_when_read_and_bad_json_names_its_key(shard, tmp_path):
     assert s.ndc == samples[0].ndc and s.label == samples[0].label
     with pytest.raises(NodecodeError, match=f"{s.key}.json is not valid json"):
         s.meta
+
+
+def test_shard_pass_with_reader_processes_equals_this_thread(shard, tmp_path):
+    """The e2e .ndc path with shards read + packed in 2 spawned processes gives the same labels, keys (of the files
+    decoded, in order) and corrupt count as reading them in this thread; a corrupt member is skipped in both."""
+    from nodecode.bench.e2e import start_pool
+    from nodecode.bench.e2e_gpu import ndc_shard_pass
+    from nodecode.codec.gpu_entropy import BatchDecoder
+    buf = bytearray(shard.read_bytes())
+    target = read_shard(shard)[1]
+    buf[bytes(buf).index(target.ndc) + 40] ^= 0x04
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(buf))
+    dec = BatchDecoder(load_codec("c8"), "cpu", "constriction")
+    infer = lambda z: z.flatten(1).long().sum(1)        # a label that is a function of each file's symbols  # noqa: E731
+    here = ndc_shard_pass([shard, bad, shard], dec, infer, 4, True)
+    pool = start_pool(2)
+    try:
+        there = ndc_shard_pass([shard, bad, shard], dec, infer, 4, True, pool)
+    finally:
+        pool.shutdown()
+    assert here["corrupt"] == there["corrupt"] == 1
+    assert there["keys"] == here["keys"] and there["labels"] == here["labels"]
+    assert len(here["keys"]) == len(here["labels"]) == 17 and here["keys"].count(target.key) == 2
+    sums = {s.key: int(load_codec("c8").read_symbols(s.ndc)[1].astype(np.int64).sum()) for s in read_shard(shard)}
+    assert here["labels"] == [sums[k] for k in here["keys"]]

@@ -5,8 +5,10 @@ each operating point (c8, c16); JPEG (the originals, and JPEG at each point's bp
 JPEG -> Pillow in CPU processes -> ResNet-50 and .ndc -> constriction in CPU processes -> cResNet-51; then the
 training-input throughput. Networks are BN-folded, bf16, channels_last and replayed as a CUDA graph with the
 uint8 -> float step inside ("optimized"), also torch.compile'd ("compiled") where asked. "sequential" times the
-parts one after the other (the breakdown); "pipelined" overlaps them (the throughput). Rows that cannot run here
-(nvJPEG, compile without CUDA) are returned as {"path", "skipped": why}.
+parts one after the other (the breakdown); "pipelined" overlaps them (the throughput); "pipelined-readersN" (.ndc
+shard rows, N > 1 CPU processes) has the shards read and packed by N processes, one shard each, while this thread
+only copies, launches and collects. Rows that cannot run here (nvJPEG, compile without CUDA) are returned as
+{"path", "skipped": why}.
 """
 from __future__ import annotations
 
@@ -262,7 +264,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
     if compiled and dev.type != "cuda":
         rows.append({"path": "e2e compiled rows", "skipped": "torch.compile rows run on CUDA only"})
 
-    def timed(label, run, make_row):
+    def timed(label, run, make_row, modes=("sequential", "pipelined")):
         for impl in impls:
             try:
                 infer = run(impl)
@@ -270,59 +272,63 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
                 rows.append({"path": label, "impl": impl, "skipped": f"{type(e).__name__}: {str(e)[:200]}"})
                 log(f"e2e {label} {impl}: skipped ({rows[-1]['skipped']})")
                 continue
-            for mode in ("sequential", "pipelined"):
+            for mode in modes:
                 rows.append(make_row(infer, impl, mode))
                 _log_row(log, rows[-1])
 
-    # .ndc shard -> entropy decoding on the device -> cResNet-51, per point
-    for point in points:
-        codec = load_codec(point, dev)
-        dec = BatchDecoder(codec, dev)
-        c = codec.config.channels
-        net, mean, classes = _classifier(ck(f"{point}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
-        samples = read_shard(work / f"{point}.tar")
-
-        def build(impl, net=net, mean=mean, codec=codec, c=c, dec=dec, samples=samples):
-            infer = make_infer(net, lambda u8: codec.latent(u8) - mean,
-                               torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), impl == "compiled")
-            g.ndc_shard_pass(samples[: 2 * batch], dec, infer, batch, True)        # warm-up: kernel, graph
-            return infer
-
-        def row(infer, impl, mode, point=point, dec=dec, classes=classes):
-            r = g.ndc_shard_pass([work / f"{point}.tar"] * repeat, dec, infer, batch, mode == "pipelined")
-            keys = r["keys"]
-            return _row(f"e2e-ndc-{point}-shard-{dec.backend}", "cresnet51", impl, mode, r, keys, classes, info["bpp"][point],
-                        batch, point=point, corrupt=r["corrupt"])
-        timed(f"e2e-ndc-shard {point}", build, row)
-
-    # JPEG -> nvJPEG (batched, on the device) -> ResNet-50: the originals and JPEG at each point's bpp
-    why = g.nvjpeg_missing(dev)
-    net, mean, classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
-    for which in ("original", *points):
-        label = f"e2e-jpeg-{which}-nvjpeg"
-        if why:
-            rows.append({"path": label, "skipped": why})
-            continue
-        files = info["originals"] * repeat if which == "original" else \
-            [str(work / which / "jpeg" / f"{n}.jpg") for n in names]
-
-        def build(impl, files=files):
-            infer = make_infer(net, lambda u8: u8.float() - mean,
-                               torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev), impl == "compiled")
-            g.nvjpeg_pass(files[: 2 * batch], infer, batch, dev, True)
-            return infer
-
-        def row(infer, impl, mode, files=files, which=which):
-            r = g.nvjpeg_pass(files, infer, batch, dev, mode == "pipelined")
-            bpp = info["bpp"]["jpeg-original" if which == "original" else f"jpeg@{which}"]
-            return _row(label, "resnet50", impl, mode, r, names, classes, bpp, batch)
-        timed(label, build, row)
-    if why:
-        log(f"e2e nvJPEG rows skipped: {why}")
-
-    # files -> CPU processes (Pillow for JPEG, constriction for .ndc) -> network (today's rows), pipelined
+    # one pool of CPU processes: the .ndc shard rows' readers, then the CPU-decoding rows
     pool = start_pool(workers) if workers > 1 else None
     try:
+        # .ndc shard -> entropy decoding on the device -> cResNet-51, per point
+        for point in points:
+            codec = load_codec(point, dev)
+            dec = BatchDecoder(codec, dev)
+            c = codec.config.channels
+            net, mean, classes = _classifier(ck(f"{point}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
+            samples = read_shard(work / f"{point}.tar")
+
+            def build(impl, net=net, mean=mean, codec=codec, c=c, dec=dec, samples=samples):
+                infer = make_infer(net, lambda u8: codec.latent(u8) - mean,
+                                   torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), impl == "compiled")
+                g.ndc_shard_pass(samples[: 2 * batch], dec, infer, batch, True)        # warm-up: kernel, graph
+                return infer
+
+            def row(infer, impl, mode, point=point, dec=dec, classes=classes):
+                readers = mode.startswith("pipelined-readers")      # shards read + packed in the pool's processes
+                r = g.ndc_shard_pass([work / f"{point}.tar"] * repeat, dec, infer, batch, mode != "sequential",
+                                     pool if readers else None)
+                return _row(f"e2e-ndc-{point}-shard-{dec.backend}", "cresnet51", impl, mode, r, r["keys"], classes,
+                            info["bpp"][point], batch, point=point, corrupt=r["corrupt"],
+                            readers=workers if readers else 0)
+            timed(f"e2e-ndc-shard {point}", build, row,
+                  ("sequential", "pipelined") + ((f"pipelined-readers{workers}",) if pool is not None else ()))
+
+        # JPEG -> nvJPEG (batched, on the device) -> ResNet-50: the originals and JPEG at each point's bpp
+        why = g.nvjpeg_missing(dev)
+        net, mean, classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
+        for which in ("original", *points):
+            label = f"e2e-jpeg-{which}-nvjpeg"
+            if why:
+                rows.append({"path": label, "skipped": why})
+                continue
+            files = info["originals"] * repeat if which == "original" else \
+                [str(work / which / "jpeg" / f"{n}.jpg") for n in names]
+
+            def build(impl, files=files):
+                infer = make_infer(net, lambda u8: u8.float() - mean,
+                                   torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev), impl == "compiled")
+                g.nvjpeg_pass(files[: 2 * batch], infer, batch, dev, True)
+                return infer
+
+            def row(infer, impl, mode, files=files, which=which):
+                r = g.nvjpeg_pass(files, infer, batch, dev, mode == "pipelined")
+                bpp = info["bpp"]["jpeg-original" if which == "original" else f"jpeg@{which}"]
+                return _row(label, "resnet50", impl, mode, r, names, classes, bpp, batch)
+            timed(label, build, row)
+        if why:
+            log(f"e2e nvJPEG rows skipped: {why}")
+
+        # files -> CPU processes (Pillow for JPEG, constriction for .ndc) -> network (today's rows), pipelined
         codec = load_codec(codec_name, dev)
         c = codec.config.channels
         for kind in ("jpeg", "ndc"):

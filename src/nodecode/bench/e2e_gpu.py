@@ -47,59 +47,98 @@ class PinnedRing:
         return out
 
 
-def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool) -> dict:
-    """Shards (paths, each read in one sequential read when its turn comes; or a list of samples) -> parse -> one
-    copy -> decode -> infer, per batch (a batch does not cross shards).
+def read_packed(shard: str, model, batch: int) -> list[tuple]:
+    """A shard read and cut into packed batches, [(Packed, the batch's keys)]: the host side of the .ndc path, run
+    in a reader process when there are several (its result is one pickled message per shard)."""
+    samples = read_shard(shard)
+    return [(pack_files([s.ndc for s in samples[i: i + batch]], model), [s.key for s in samples[i: i + batch]])
+            for i in range(0, len(samples), batch)]
 
-    {"seconds", "read_s", "parse_s", "h2d_s", "decode_s", "network_s", "labels", "keys", "corrupt"}; corrupt files
-    are counted from the decoder's statuses at the end (no per-batch synchronisation for them)."""
+
+def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool, pool=None) -> dict:
+    """Shards (paths; or a list of samples) -> parse -> one copy -> decode -> infer, per batch (a batch does not
+    cross shards). Without `pool` this thread reads each shard (one sequential read when its turn comes) and packs
+    its batches; with a process pool, shards are read and packed by its processes (read_packed), as many at a time
+    as it has processes, and this thread only copies, launches and collects ("read_s" is then its wait for them).
+
+    {"seconds", "read_s", "parse_s", "h2d_s", "decode_s", "network_s", "labels", "keys", "corrupt"}; keys are those
+    of the files decoded (the labels' order); corrupt files are counted from the host's refusals and the decoder's
+    statuses at the end (no per-batch synchronisation for them)."""
     dev = dec.device
     t = dict.fromkeys(("read_s", "parse_s", "h2d_s", "decode_s", "network_s"), 0.0)
     t0 = time.perf_counter()
-    if isinstance(shards, (str, Path)):
-        shards = [shards]
-    elif shards and not isinstance(shards[0], (str, Path)):
-        shards = [shards]                                                    # the samples of one shard
+    if isinstance(shards, (str, Path)) or (shards and not isinstance(shards[0], (str, Path))):
+        shards = [shards]                                   # one path, or the samples of one shard
     labels, statuses, ring, corrupt, keys = [], [], PinnedRing(dev), 0, []
-    for shard in shards:
-        a = time.perf_counter()
-        samples = read_shard(shard) if isinstance(shard, (str, Path)) else shard   # one sequential read
-        t["read_s"] += time.perf_counter() - a
-        keys += [s.key for s in samples]
-        corrupt += _shard_batches(samples, dec, infer, batch, pipelined, dev, t, labels, statuses, ring)
-    labels = torch.cat(labels).cpu().tolist()
+    for packs in (_pooled(shards, pool, dec.model, batch, t) if pool is not None else
+                  (_packed_here(shard, dec.model, batch, t) for shard in shards)):
+        for p, ks in packs:
+            kept, refused = _decode_infer(p, dec, infer, pipelined, dev, t, labels, statuses, ring)
+            keys += [ks[j] for j in kept]
+            corrupt += refused
+    labels = torch.cat(labels).cpu().tolist() if labels else []
     if statuses:
         corrupt += int((torch.cat(statuses) != 0).sum())
     return {"seconds": time.perf_counter() - t0, **t, "labels": labels, "keys": keys, "corrupt": corrupt}
 
 
-def _shard_batches(samples, dec, infer, batch, pipelined, dev, t, labels, statuses, ring) -> int:
-    """One shard's samples through parse -> copy -> decode -> infer, batch by batch (times added to `t`); the
-    files refused on the host."""
-    corrupt = 0
+def _packed_here(shard, model, batch: int, t: dict):
+    """This thread: the shard's one read (timed as read), then each batch packed when it is needed (parse)."""
+    a = time.perf_counter()
+    samples = read_shard(shard) if isinstance(shard, (str, Path)) else shard
+    t["read_s"] += time.perf_counter() - a
     for i in range(0, len(samples), batch):
         a = time.perf_counter()
-        p = pack_files([s.ndc for s in samples[i: i + batch]], dec.model)
-        corrupt += len(p.errors)
-        b = time.perf_counter()
-        if dec.backend == "triton":
-            buf = ring(torch.from_numpy(p.buffer.view(np.int32)))               # the batch's one copy
-            if not pipelined:
-                sync(dev)
-            c = time.perf_counter()
-            sym, st = decode_triton(buf, p.n, dec.cdf, p.shape[1] * p.shape[2])
-            sym = sym.reshape(p.n, *p.shape)
-            statuses.append(st)
-        else:                                        # the CPU decoder: its symbols are copied once instead
-            c = time.perf_counter()
-            r = dec.decode(None, p)
-            sym, corrupt = r.symbols, corrupt + len(r.errors)
+        part = samples[i: i + batch]
+        p = pack_files([s.ndc for s in part], model)
+        t["parse_s"] += time.perf_counter() - a
+        yield p, [s.key for s in part]
+
+
+def _pooled(shards, pool, model, batch: int, t: dict):
+    """The packed batches of each shard, in order, from the pool's processes (up to one shard per process ahead)."""
+    from collections import deque
+    todo, ahead = iter(shards), deque()
+
+    def submit():
+        s = next(todo, None)
+        if s is not None:
+            ahead.append(pool.submit(read_packed, str(s), model, batch))
+    for _ in range(max(getattr(pool, "_max_workers", 1), 1)):
+        submit()
+    while ahead:
+        a = time.perf_counter()
+        packs = ahead.popleft().result()
+        t["read_s"] += time.perf_counter() - a
+        submit()
+        yield packs
+
+
+def _decode_infer(p, dec, infer, pipelined, dev, t, labels, statuses, ring) -> tuple[list[int], int]:
+    """One packed batch: copy -> decode -> infer (times added to `t`); (the batch positions of the files given to
+    the network, how many were refused before it)."""
+    b = time.perf_counter()
+    if dec.backend == "triton":
+        buf = ring(torch.from_numpy(p.buffer.view(np.int32)))               # the batch's one copy
+        if not pipelined:
+            sync(dev)
+        c = time.perf_counter()
+        sym, st = decode_triton(buf, p.n, dec.cdf, p.shape[1] * p.shape[2])
+        sym = sym.reshape(p.n, *p.shape)
+        statuses.append(st)
+        kept, refused = p.index, len(p.errors)   # a stream the kernel refuses is counted from its status at the end
+    else:                                        # the CPU decoder: its symbols are copied once instead
+        c = time.perf_counter()
+        r = dec.decode(None, p)
+        sym, kept, refused = r.symbols, r.index, len(r.errors)      # r.errors holds the host's refusals too
+    if len(kept):
         d, e = _infer_timed(infer, sym, labels, dev, pipelined)
-        t["parse_s"] += b - a
-        t["h2d_s"] += c - b
-        t["decode_s"] += d - c
-        t["network_s"] += e - d
-    return corrupt
+    else:
+        d = e = time.perf_counter()
+    t["h2d_s"] += c - b
+    t["decode_s"] += d - c
+    t["network_s"] += e - d
+    return kept, refused
 
 
 def _infer_timed(infer, x, labels: list, dev: torch.device, pipelined: bool) -> tuple[float, float]:

@@ -94,6 +94,13 @@ class EntropyModel:
         """constriction's models of the tables, built once per EntropyModel (not once per file)."""
         return bitstream.models(self.freqs)
 
+    def __getstate__(self) -> dict:
+        """Pickled (to a reader process) without the constriction models, which cannot be; rebuilt there if used."""
+        return {k: v for k, v in self.__dict__.items() if k != "channel_models"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
     def check(self, f: NdcFile) -> None:
         """NodecodeError unless `f` was written by this codec (fingerprint and L)."""
         bitstream.check_model(f.header, self.name, self.fingerprint, self.num_centers)
