@@ -22,6 +22,8 @@ for stage in "$@"; do
     matched) cmd=(python3 experiments/classification/matched.py run --budget-minutes "$m" --out /root/results/matched ${MATCHED_ARGS:-}) ;;
     matchedsearch) cmd=(python3 experiments/classification/matched.py search --budget-minutes "$m" --out /root/results/matched ${MATCHED_ARGS:-}) ;;
     matchedbench) cmd=(python3 experiments/classification/matched.py bench --out /root/results/matched ${MATCHED_ARGS:-}) ;;
+    # segmentation at matched width x seeds (issue 12), backbones from the matched classifiers in /root/matched/runs
+    segmatched) cmd=(python3 experiments/segmentation/matched.py run --budget-minutes "$m" --out /root/results/segmatched ${SEGMATCHED_ARGS:-}) ;;
     seg)   cmd=(python3 experiments/segmentation/camvid.py run --budget-minutes "$m" ${SEG_ARGS:-}) ;;
     speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m" ${SPEED_ARGS:-}) ;;
     joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;

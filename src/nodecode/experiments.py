@@ -224,3 +224,180 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
 def python_argv(script: str | Path, *args: str) -> list[str]:
     """The argv running an experiment script with this interpreter (for run_jobs)."""
     return [sys.executable, str(script), *map(str, args)]
+
+
+# The grid experiments (experiments/*/matched.py): keys filtered by shell patterns, config overrides, one job per GPU
+# (a subprocess of the script's `job` stage that stops itself with a checkpoint before the budget), runs.json written
+# by the parent alone.
+STOPPED = 75            # a job's exit code when it stopped on its budget (checkpointed: the next call resumes it)
+
+
+def selected(key: str, patterns: Sequence[str] | None) -> bool:
+    """Whether a grid key matches one of the --runs shell patterns (all keys when there are none)."""
+    from fnmatch import fnmatch
+    return not patterns or any(fnmatch(key, pat) for pat in patterns)
+
+
+def overrides(items: Sequence[str] | None) -> dict:
+    """--set name=value pairs (JSON values, else strings) as config fields."""
+    out = {}
+    for item in items or ():
+        name, _, value = item.partition("=")
+        try:
+            out[name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name] = value
+    return out
+
+
+def add_grid_args(ap: argparse.ArgumentParser, state: str, points: str = "c8,c16,c32", widths: str = "0.25,0.5,1.0",
+                  runs_example: str = "'c8-*-w1-s*,none-rgb-resnet50-w1-s0'") -> None:
+    """The flags every grid experiment shares: state and report folders, the grid, the job scheduling."""
+    ap.add_argument("config", nargs="?", help="job / prepare: the JSON config (internal)")
+    ap.add_argument("--state", default=state, help="runs.json and run folders, kept between calls")
+    ap.add_argument("--out", default=os.environ.get("OUT") or None, help="report folder (default $OUT, else --state)")
+    ap.add_argument("--done", default=None, help="a runs.json of finished runs to skip (run) or tabulate (collect)")
+    ap.add_argument("--set", action="append", help="config override NAME=VALUE (JSON value), repeatable")
+    ap.add_argument("--points", default=points)
+    ap.add_argument("--widths", default=widths)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--runs", default=None, help="run: only grid keys matching these shell patterns (comma separated), "
+                    f"e.g. {runs_example}")
+    ap.add_argument("--gpus", type=int, default=None, help="GPUs to use (default: all visible)")
+    ap.add_argument("--per-gpu", type=int, default=1, help="jobs side by side on one GPU")
+    ap.add_argument("--cpu-jobs", type=int, default=1, help="parallel jobs without a GPU")
+    ap.add_argument("--margin", type=float, default=1.0, help="minutes a job stops before the budget (loading, saving)")
+    ap.add_argument("--min-start", type=float, default=2.0, help="no job starts with fewer minutes left")
+
+
+def split_grid_args(a) -> None:
+    """--points / --widths / --seeds / --runs as lists, --out defaulting to --state."""
+    a.points = [p for p in a.points.split(",") if p]
+    a.widths = [float(w) for w in a.widths.split(",")]
+    a.seeds = [int(s) for s in a.seeds.split(",")]
+    a.runs = [r for r in a.runs.split(",") if r] if a.runs else None
+    a.out = a.out or a.state
+
+
+def run_grid(a, script: str | Path, todo: Sequence[tuple[str, dict, dict]], runs: Runs,
+             show: Callable[[dict], str], prepare: Callable[[list], None] | None = None) -> list[str]:
+    """Run (key, config, row meta) as `script job` subprocesses over the GPUs (or CPU slots) within --budget-minutes,
+    each stopping itself --margin minutes before it; `prepare(todo)` first (e.g. caches shared by the jobs); a
+    finished job's RUN/result.json merged with its meta into runs.json and shown as `show(row)`. The keys left for the
+    next call."""
+    budget = Budget(a.budget_minutes)
+    todo = [t for t in todo if t[0] not in runs]
+    if not todo:
+        return []
+    if prepare is not None:
+        prepare(todo)
+    meta = {t[0]: t for t in todo}
+
+    def done(k: str, rc: int) -> None:
+        _, cfg, m = meta[k]
+        if rc == 0:
+            row = runs.record(k, {**m, **json.loads((Path(cfg["out"]) / "result.json").read_text())})
+            print(f"  {k}: {show(row)}", flush=True)
+        else:
+            print(f"  {k}: " + ("stopped on the budget" if rc == STOPPED else f"failed (rc {rc}, see its log)")
+                  + ", resumes next call", flush=True)
+
+    stop_at = budget.t0 + 60 * (budget.minutes - a.margin)
+    jobs = [(k, python_argv(script, "job", json.dumps({"config": cfg, "stop_at": stop_at}))) for k, cfg, _ in todo]
+    gpus = visible_gpus()[: a.gpus]
+    run_jobs(jobs, gpus=gpus, per_gpu=a.per_gpu if gpus else a.cpu_jobs, log_dir=Path(a.state) / "logs",
+             budget=budget, min_start=a.min_start, on_done=done,
+             env={} if gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    return [k for k, _, _ in todo if k not in runs]
+
+
+def grid_job(spec: dict, train: Callable[[dict, float], object], row: Callable[[object], dict]) -> int:
+    """The `job` stage of a grid experiment: train(config, max_minutes until spec's stop_at) -> TrainResult; its exit
+    code 0 with row(result) in RUN/result.json when finished, STOPPED (checkpointed) when it ran out of time."""
+    from nodecode.utils import write_json
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["config"].items()}
+    r = train(cfg, max((spec["stop_at"] - time.time()) / 60, 0.1))
+    if not r.finished:
+        return STOPPED
+    write_json(r.out / "result.json", row(r))
+    return 0
+
+
+POINT_ORDER = ["c8", "c16", "c32"]      # operating points in table order
+
+
+def grid_key(point: str, kind: str, model: str, width: float, seed: int) -> str:
+    """A grid run's key: `{point|none}-{input}-{model}-w{width:g}-s{seed}` (RGB runs have no operating point)."""
+    return f"{'none' if kind == 'rgb' else point}-{kind}-{model}-w{width:g}-s{seed}"
+
+
+def matched_grid(points, widths, seeds, arms, patterns=None, widths_first: bool = False) -> list[tuple]:
+    """(key, point, kind, model, width, seed) in run order: point by point (RGB rows with the first), then seed by seed
+    and width by width in each (or width by width and seed by seed with `widths_first`), arm by arm; each key once,
+    only those matching one of `patterns` (shell patterns) when given."""
+    out, seen = [], set()
+    for point in points:
+        outer, inner = (widths, seeds) if widths_first else (seeds, widths)
+        for o in outer:
+            for i in inner:
+                width, seed = (o, i) if widths_first else (i, o)
+                for kind, model in arms:
+                    k = grid_key(point, kind, model, width, seed)
+                    if k not in seen and selected(k, patterns):
+                        seen.add(k)
+                        out.append((k, point, kind, model, width, seed))
+    return out
+
+
+def prepare_once(script: str | Path, cfg: dict) -> None:
+    """`script prepare CFG` in one process on the first visible GPU (e.g. filling the caches the jobs share)."""
+    gpus = visible_gpus()[:1]
+    subprocess.run(python_argv(script, "prepare", json.dumps(cfg)), check=True,
+                   env={**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus else {})})
+
+
+def group_arms(rows: Mapping[str, dict]) -> list[tuple[tuple, list[dict]]]:
+    """Rows grouped over seeds by (point, input, model, width), in table order: RGB first, then by point, width,
+    input, model."""
+    groups: dict = {}
+    for r in rows.values():
+        groups.setdefault((r["point"], r["input"], r["model"], r["width"]), []).append(r)
+    return sorted(groups.items(), key=lambda kv: (POINT_ORDER.index(kv[0][0]) if kv[0][0] in POINT_ORDER else -1,
+                                                  kv[0][3], kv[0][1], kv[0][2]))
+
+
+def plot_arms(rows: Sequence[dict], arms, x: str, y: str, path: str | Path, xlabel: str, ylabel: str,
+              style: Callable | None = None) -> None:
+    """One panel per operating point, `y` (± `y`_std) against `x`, one colour per (input, model) arm in every panel
+    (RGB rows in each); `style(ax)` for the axes' scales and ticks."""
+    plt = pyplot()
+    pts = [p for p in POINT_ORDER if any(r["point"] == p for r in rows)]
+    fig, axes = plt.subplots(1, len(pts), figsize=(5 * len(pts), 4), sharex=True, sharey=True, squeeze=False)
+    for ax, point in zip(axes[0], pts):
+        for i, (kind, model) in enumerate(arms):
+            rs = sorted((r for r in rows if r["input"] == kind and r["model"] == model
+                         and r["point"] in (point, "none")), key=lambda r: r[x])
+            if rs:
+                ax.errorbar([r[x] for r in rs], [r[y] for r in rs], [r[f"{y}_std"] for r in rs],
+                            marker="o", capsize=3, color=f"C{i}", label=f"{model} ({kind})")
+        ax.set_title(point); ax.set_xlabel(xlabel); ax.grid(alpha=0.3)
+        if style is not None:
+            style(ax)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel(ylabel)
+    save_figure(fig, path)
+
+
+def todo_points(todo: Sequence[tuple[str, dict, dict]]) -> list[str]:
+    """The operating points the (key, config, row meta) items left to run need codec caches for, in table order."""
+    return sorted({m["point"] for _, _, m in todo if m["input"] != "rgb"}, key=POINT_ORDER.index)
+
+
+def grid_stage(a, stages: Mapping[str, Callable], job: Callable[[dict], int], prepare: Callable[[dict], None]) -> None:
+    """Run a grid experiment's stage: `job` (exits with its code) and `prepare` on the JSON config (internal stages of
+    run_grid / prepare_once), the others on the parsed arguments."""
+    if a.stage == "job":
+        sys.exit(job(json.loads(a.config)))
+    if a.stage == "prepare":
+        return prepare(json.loads(a.config))
+    stages[a.stage](a)

@@ -36,18 +36,20 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     return fc.get_total_flops() // 2
 
 
-def model_gmacs(name: str, size: int | None = None, in_channels: int | None = None,
+def model_gmacs(name: str, size: int | tuple[int, int] | None = None, in_channels: int | None = None,
                 num_classes: int | None = None, **kw) -> tuple[float, str]:
-    """GMACs of registered model `name` at a square `size` (default: its registered input size), and an input label."""
+    """GMACs of registered model `name` at a square `size` or (height, width) (default: its registered input size),
+    and an input label."""
     from nodecode.models import create_model, get_config
 
     cfg = get_config(name)
     size = size or cfg.input_size[0]
+    h, w = (size, size) if isinstance(size, int) else size
     with torch.device("meta"):
         model = create_model(name, in_channels=in_channels, num_classes=num_classes, **kw)
     c = model.conv1.in_channels if model.root else model.layer2[0].conv1.in_channels
-    macs = count_macs(model, (1, c, size, size))
-    return macs / 1e9, f"{size}x{size}x{c} {cfg.input}"
+    macs = count_macs(model, (1, c, h, w))
+    return macs / 1e9, f"{h}x{w}x{c} {cfg.input}"
 
 
 def table1_rows(latent_channels: int = 32, num_classes: int = 1000, seg_classes: int = 21,
