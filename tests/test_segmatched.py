@@ -67,3 +67,18 @@ def test_segmatched_smoke_runs_resumes_and_reports(tmp_path):
     _run("collect", "--done", str(tmp_path / "out" / "runs.json"), "--results", str(tmp_path / "res"), tmp=tmp_path)
     assert {p.name for p in (tmp_path / "res").iterdir()} == {"runs.json", "matched.json", "matched.md",
                                                               "miou_vs_width.png"}
+
+
+def test_segmatched_grid_order_and_runs_filter():
+    """point -> width -> seed -> arm (a width's seeds finish before the next width); --runs filters keys."""
+    from conftest import load_script
+    m = load_script("experiments/segmentation/matched.py")
+    a = m.parse(["run", "--points", "c8,c16", "--widths", "1.0,0.25", "--seeds", "0,1"])
+    keys = [g[0] for g in m.grid(a)]
+    assert keys[:5] == ["c8-decoded-resnet50_d-w1-s0", "c8-latent-cresnet51_d-w1-s0", "c8-latent-cresnet39_d-w1-s0",
+                        "none-rgb-resnet50_d-w1-s0", "c8-decoded-resnet50_d-w1-s1"]
+    assert keys.index("c8-decoded-resnet50_d-w0.25-s0") == 8 and len(keys) == 2 * 2 * 2 * 3 + 2 * 2
+    assert keys[-1] == "c16-latent-cresnet39_d-w0.25-s1"
+    a = m.parse(["run", "--runs", "c16-latent-*-w0.25-s*,none-*-w1-s2"])
+    assert [g[0] for g in m.grid(a)] == ["none-rgb-resnet50_d-w1-s2"] + [
+        f"c16-latent-{d}-w0.25-s{s}" for s in (0, 1, 2) for d in ("cresnet51_d", "cresnet39_d")]
