@@ -150,8 +150,10 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     assert runs["c8/scratch-s0"]["recipe"] == runs["c8/control-s0"]["recipe"] == "imagenette"
     scratch = json.loads((tmp_path / "work" / "c8" / "scratch-s0" / "summary.json").read_text())
     control = json.loads((tmp_path / "work" / "c8" / "control-s0" / "summary.json").read_text())
-    assert scratch["config"]["recipe"] == "imagenette" and scratch["config"]["augment"] is None
-    assert control["config"]["base_lr"] == pytest.approx(0.02) and control["config"]["init"]
+    assert scratch["recipe"]["augment"] == "codec" and scratch["recipe"]["label_smoothing"] == 0.1
+    assert (scratch["recipe"]["epochs"], scratch["recipe"]["batch_size"], scratch["config"]["image_size"]) == (1, 3, 64)
+    assert control["recipe"]["schedule"] == "cosine" and control["recipe"]["warmup_epochs"] == 0
+    assert control["recipe"]["base_lr"] == pytest.approx(0.02) and control["config"]["init"]
     rows = {k.split("/")[2] for k in runs if "/measure/" in k}
     assert rows == {"baseline-s0", "compression_ft-s0", "joint_ft-s0", "joint_ft_g0.01-s0"}
     g = runs["c8/measure/joint_ft_g0.01-s0"]
