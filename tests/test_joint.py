@@ -120,3 +120,52 @@ def test_control_pipeline_codec_only_then_scratch_then_nine_more(folder, tmp_pat
     assert main(["train", "joint", "--data", str(folder), "--out", str(tmp_path / "x"),
                  "--classifier", str(tmp_path / "missing")]) == 2
     assert scan_image_folder(folder / "val").labels.tolist() == [0, 1, 2]
+
+
+@needs(IMAGENETTE)
+def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, kodak_crop, tmp_path, monkeypatch,
+                                                                        capsys):
+    """experiments/joint/run.py end to end on a CPU: the baseline found by --cls-pattern (per seed), the control's
+    classifiers under --recipe imagenette (augmentation through the codec), a second γ's joint_ft_g row with its
+    measurements; a second call retrains nothing; collect tabulates the γ row."""
+    import sys
+    from nodecode.data.images import save_image
+    from conftest import load_script
+    tiny_classifier(tmp_path / "matched" / "c8-latent-cresnet51-w1-s0" / "classifier.safetensors")
+    (tmp_path / "kodak").mkdir()
+    save_image(kodak_crop[:64, :64], tmp_path / "kodak" / "kodim23.png")
+    out = tmp_path / "out"
+    argv = ["run.py", "run", "--data", str(folder), "--kodak", str(tmp_path / "kodak"), "--cache", str(tmp_path / "cache"),
+            "--work", str(tmp_path / "work"), "--out", str(out), "--points", "c8", "--seeds", "1",
+            "--recipe", "imagenette", "--cls-pattern", str(tmp_path / "matched" / "{point}-latent-cresnet51-w1-s{seed}"),
+            "--gammas", "0.001,0.01", "--epochs", str(1 / 6), "--batch-size", "1", "--scratch-epochs", "1",
+            "--more-epochs", "1", "--cls-batch-size", "3", "--image-size", "64", "--budget-minutes", "30"]
+    script = load_script("experiments/joint/run.py")
+    monkeypatch.setattr(sys, "argv", argv)
+    script.main()
+    runs = json.loads((out / "runs.json").read_text())
+    assert runs["c8/baseline-cls-s0"]["trained_here"] is False       # the pattern's checkpoint, keyed per seed
+    assert {"c8/joint-s0", "c8/joint-g0.01-s0", "c8/ft", "c8/scratch-s0", "c8/control-s0"} <= set(runs)
+    assert runs["c8/joint-g0.01-s0"]["gamma"] == 0.01 and "gamma" not in runs["c8/joint-s0"]
+    assert runs["c8/scratch-s0"]["recipe"] == runs["c8/control-s0"]["recipe"] == "imagenette"
+    scratch = json.loads((tmp_path / "work" / "c8" / "scratch-s0" / "summary.json").read_text())
+    control = json.loads((tmp_path / "work" / "c8" / "control-s0" / "summary.json").read_text())
+    assert scratch["recipe"]["augment"] == "codec" and scratch["recipe"]["label_smoothing"] == 0.1
+    assert (scratch["recipe"]["epochs"], scratch["recipe"]["batch_size"], scratch["config"]["image_size"]) == (1, 3, 64)
+    assert control["recipe"]["schedule"] == "cosine" and control["recipe"]["warmup_epochs"] == 0
+    assert control["recipe"]["base_lr"] == pytest.approx(0.02) and control["config"]["init"]
+    rows = {k.split("/")[2] for k in runs if "/measure/" in k}
+    assert rows == {"baseline-s0", "compression_ft-s0", "joint_ft-s0", "joint_ft_g0.01-s0"}
+    g = runs["c8/measure/joint_ft_g0.01-s0"]
+    assert {"bpp", "psnr", "ssim", "ms_ssim"} <= set(g["kodak"]) and 0 <= g["top1"] <= 1
+    assert g["codec"].endswith("joint-g0.01-s0/codec.safetensors")
+    capsys.readouterr()
+    script.main()                                                   # resumes: every stage recorded, nothing trained
+    printed = capsys.readouterr().out
+    assert "== " not in printed and json.loads((out / "runs.json").read_text()) == runs
+    monkeypatch.setattr(sys, "argv", ["run.py", "collect", "--runs-json", str(out / "runs.json"),
+                                      "--results", str(tmp_path / "results")])
+    script.main()
+    summary = json.loads((tmp_path / "results" / "summary.json").read_text())["points"]["c8"]
+    assert summary["joint_ft_g0.01"]["seeds"] == 1 and summary["joint_ft_g0.01"]["top1_std"] == 0
+    assert "| c8 | joint_ft_g0.01 |" in (tmp_path / "results" / "summary.md").read_text()

@@ -6,6 +6,14 @@
            SSIM / MS-SSIM on Kodak, top-1/top-5 on Imagenette val) -> optional §6.1 segmentation (--segmentation:
            cResNet-51-d on CamVid from the control's and the joint backbone, codec frozen). Finished stages are recorded in --out/runs.json and skipped; a stage
            cut by --budget-minutes resumes from its checkpoint next call.
+           --recipe: the tasks.recipe of the classifier stages (a baseline trained here, scratch on the control codec,
+           its more epochs); `paper` (App. A.4 at batch 256, today's numbers) or `imagenette` (issue 12: the recipe of
+           experiments/classification/matched.py, with its batch, epochs and augmentation through the codec; the more
+           epochs run a cosine from a tenth of its lr). --cls-pattern: where a point's (and seed's) baseline is, e.g.
+           /root/matched/runs/{point}-latent-cresnet51-w1-s{seed}: with {seed} each seed fine-tunes its own baseline
+           (measured per seed; one the pattern does not find is trained here with --recipe and that seed). --gammas: the γ ablation of Eq. 2 (γ weighs MSE + β·rate against the cross-entropy):
+           each γ other than JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control
+           rows are shared).
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
 """
 from __future__ import annotations
@@ -20,6 +28,29 @@ from nodecode.experiments import (ROOT, Budget, Runs, device_name, experiment_pa
 
 PAPER_BPP = {"c8": 0.0983, "c32": 0.635}
 ROWS = ("baseline", "compression_ft", "joint_ft")
+DEFAULT_CLS_PATTERN = "{root}/{point}-latent-cresnet51-s0"
+
+
+def default_gamma() -> float:
+    from dataclasses import fields
+    from nodecode.tasks.joint import JointTrainConfig
+    return next(f.default for f in fields(JointTrainConfig) if f.name == "gamma")
+
+
+def gamma_row(gamma: float) -> str:
+    """The measurement row of a joint fine-tune at this γ: joint_ft at the default γ, else joint_ft_g<γ>."""
+    return "joint_ft" if gamma == default_gamma() else f"joint_ft_g{gamma:g}"
+
+
+def row_gamma(row: str) -> float | None:
+    """γ of an ablation row joint_ft_g<γ> (None for the others)."""
+    return float(row[len("joint_ft_g"):]) if row.startswith("joint_ft_g") else None
+
+
+def table_rows(keys) -> list[str]:
+    """ROWS, then the γ ablation rows found among measurement keys <point>/measure/<row>-s<seed>, by γ."""
+    extra = {k.split("/")[2].rsplit("-s", 1)[0] for k in keys if k.count("/") == 2 and "/measure/" in k}
+    return list(ROWS) + sorted((r for r in extra if row_gamma(r) is not None), key=row_gamma)
 
 
 def measure(a, codec_path: str, classifier: str | None) -> dict:
@@ -62,40 +93,46 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
     from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, train_classifier
     from nodecode.tasks.joint import JointTrainConfig, train_joint
     work = Path(a.work) / point
-    table2 = Path(a.cls_root) / f"{point}-latent-cresnet51-s0" / "classifier.safetensors"
-    base_dir = work / "baseline-cls"
+    per_seed = "{seed}" in a.cls_pattern        # each seed its own baseline (e.g. matched.py's seeds)
+    found = Path(a.cls_pattern.format(root=a.cls_root, point=point, seed=seed))
+    table2 = found if found.suffix == ".safetensors" else found / "classifier.safetensors"
+    base_dir = work / (f"baseline-cls-s{seed}" if per_seed else "baseline-cls")
 
     def baseline_cls(m):
         if table2.exists():
             return {"classifier": str(table2), "trained_here": False}
         s = finished(train_classifier(ClassifierTrainConfig(
             data=a.data, out=str(base_dir), model="cresnet51", codec=point, width=a.width, epochs=a.scratch_epochs,
-            batch_size=a.cls_batch_size, max_per_class=a.limit, cache_dir=a.cache, max_minutes=m, progress=False)))
+            batch_size=a.cls_batch_size, max_per_class=a.limit, cache_dir=a.cache, max_minutes=m, progress=False,
+            **recipe_kw, **({"seed": seed} if per_seed else {}))))
         return s and {"classifier": str(base_dir / "classifier.safetensors"), "trained_here": True,
-                      "minutes": s["minutes"]}
+                      "minutes": s["minutes"], "recipe": a.recipe}
 
-    def joint_cfg(run_dir, classifier, m):
+    def joint_cfg(run_dir, classifier, m, **kw):
         return JointTrainConfig(data=a.data, out=str(run_dir), codec=point, classifier=classifier, epochs=a.epochs,
                                 batch_size=a.batch_size, max_per_class=a.limit, cache_dir=a.cache, seed=seed,
-                                max_minutes=m, progress=False, image_size=a.image_size)
+                                max_minutes=m, progress=False, image_size=a.image_size, **kw)
 
-    def joint_stage(run_dir, classifier):
+    def joint_stage(run_dir, classifier, **kw):
         def fn(m):
-            s = finished(train_joint(joint_cfg(run_dir, classifier, m)))
+            s = finished(train_joint(joint_cfg(run_dir, classifier, m, **kw)))
             return s and {"val": s["val"], "minutes": s["minutes"], "steps": s["steps"], "beta": s["beta"],
                           "target_entropy": s["target_entropy"], "codec": str(run_dir / "codec.safetensors"),
-                          "classifier": str(run_dir / "classifier.safetensors") if classifier else None}
+                          "classifier": str(run_dir / "classifier.safetensors") if classifier else None, **kw}
         return fn
 
     def cls_stage(run_dir, codec, **kw):
         def fn(m):
             s = finished(train_classifier(ClassifierTrainConfig(
                 data=a.data, out=str(run_dir), model="cresnet51", codec=codec, width=width, batch_size=a.cls_batch_size,
-                max_per_class=a.limit, cache_dir=a.cache, seed=seed, max_minutes=m, progress=False, **kw)))
-            return s and {"val": s["val"], "minutes": s["minutes"], "classifier": str(run_dir / "classifier.safetensors")}
+                max_per_class=a.limit, cache_dir=a.cache, seed=seed, max_minutes=m, progress=False, **recipe_kw, **kw)))
+            return s and {"val": s["val"], "minutes": s["minutes"], "classifier": str(run_dir / "classifier.safetensors"),
+                          **({"recipe": a.recipe} if a.recipe != "paper" else {})}
         return fn
 
-    base = stage(f"{point}/baseline-cls", baseline_cls)
+    # the image size (224 but in smoke tests) and the recipe (the configs' default is paper: the same configs)
+    recipe_kw = {"image_size": a.image_size, **({} if a.recipe == "paper" else {"recipe": a.recipe})}
+    base = stage(f"{point}/baseline-cls" + (f"-s{seed}" if per_seed else ""), baseline_cls)
     if not base:
         return False
     width = load_classifier(base["classifier"])[1]["width"]
@@ -104,15 +141,21 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
     scratch = ft and stage(f"{point}/scratch-s{seed}", cls_stage(work / f"scratch-s{seed}", ft["codec"],
                                                                     epochs=a.scratch_epochs))
     more = scratch and stage(f"{point}/control-s{seed}", cls_stage(
-        work / f"control-s{seed}", ft["codec"], init=scratch["classifier"], epochs=a.more_epochs,
-        lr_epochs=(3, 6), base_lr=0.0025))
+        work / f"control-s{seed}", ft["codec"], init=scratch["classifier"], epochs=a.more_epochs, **more_epochs_kw(a)))
     if not more:
         return False
     rows = (("baseline", point, base["classifier"]), ("compression_ft", ft["codec"], more["classifier"]),
             ("joint_ft", joint["codec"], joint["classifier"]))
-    # the baseline's codec and classifier do not depend on the seed: measured once
+    # the baseline's codec and classifier do not depend on the seed (unless each seed has its own): measured once
     ok = all(stage(f"{point}/measure/{row}-s{seed}", lambda m, c=c, k=k: measure(a, c, k))
-             for row, c, k in rows if seed == 0 or row != "baseline")
+             for row, c, k in rows if seed == 0 or row != "baseline" or per_seed)
+    for g in a.gammas:   # the γ ablation: one more joint fine-tune (and its measurements) per γ, after the main rows
+        if not ok or gamma_row(g) == "joint_ft":
+            continue
+        gj = stage(f"{point}/joint-g{g:g}-s{seed}", joint_stage(work / f"joint-g{g:g}-s{seed}", base["classifier"],
+                                                                 gamma=g))
+        ok = bool(gj) and stage(f"{point}/measure/{gamma_row(g)}-s{seed}",
+                                lambda m, gj=gj: measure(a, gj["codec"], gj["classifier"])) is not None
     if ok and seed == 0:  # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
         for ext in (".safetensors", ".json"):
             dst = out / "weights" / f"{point}-joint{ext}"
@@ -123,6 +166,15 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
             ok = ok and stage(f"{point}/seg/{row}-s{seed}", lambda m, c=c, k=k, row=row: segmentation(
                 a, c, k, work / f"seg-{row}-s{seed}", seed, m)) is not None
     return bool(ok)
+
+
+def more_epochs_kw(a) -> dict:
+    """The control's more epochs: paper, App. A.8's 0.0025 ÷10 at epochs 3 and 6 (as the joint fine-tune); another
+    recipe, its own schedule (cosine) from a tenth of its lr, without warm-up (the classifier is trained already)."""
+    from nodecode.tasks.recipe import get_recipe
+    if a.recipe == "paper":
+        return {"lr_epochs": (3, 6), "base_lr": 0.0025}
+    return {"base_lr": get_recipe(a.recipe).base_lr / 10, "warmup_epochs": 0.0}
 
 
 def run(a) -> None:
@@ -164,10 +216,11 @@ def collect(a) -> None:
     res = Path(a.results)
     res.mkdir(parents=True, exist_ok=True)
     points = sorted({k.split("/")[0] for k in done}, key=lambda p: int(p[1:]))
+    rows = table_rows(done)
     table = {}
     for p in points:
         table[p] = {}
-        for row in ROWS:
+        for row in rows:
             ms = [v for k, v in done.items() if k.startswith(f"{p}/measure/{row}-s")]
             if not ms:
                 continue
@@ -186,7 +239,7 @@ def collect(a) -> None:
     (res / "summary.json").write_text(json.dumps({"points": table, "paper_bpp": PAPER_BPP}, indent=1) + "\n")
     cells = []
     for p in points:
-        for row in ROWS:
+        for row in rows:
             if row in table[p]:
                 t = table[p][row]
                 k, miou = t["kodak"], t["miou"]
@@ -207,7 +260,9 @@ def _arrows(ax, table, x, y):
             continue
         b = rows["baseline"]
         ax.plot(x(b), y(b), "ko")
-        for row, color in (("compression_ft", "tab:blue"), ("joint_ft", "tab:red")):
+        ablation = [r for r in rows if row_gamma(r) is not None]   # the γ rows: one more colour each
+        for row, color in (("compression_ft", "tab:blue"), ("joint_ft", "tab:red"),
+                           *((r, f"C{4 + i}") for i, r in enumerate(ablation))):
             if row in rows:
                 e = rows[row]
                 ax.annotate("", xy=(x(e), y(e)), xytext=(x(b), y(b)), arrowprops={"arrowstyle": "->", "color": color})
@@ -243,6 +298,13 @@ def main():
     ap.add_argument("--camvid", default="/root/data/camvid")
     ap.add_argument("--cache", default="/root/cache")
     ap.add_argument("--cls-root", default="/root/cls", help="Table 2 classifiers: <point>-latent-cresnet51-s0/")
+    ap.add_argument("--cls-pattern", default=DEFAULT_CLS_PATTERN,
+                    help="a point's baseline classifier run folder (or .safetensors), formatted with root (--cls-root), "
+                         "point and seed, e.g. /root/matched/runs/{point}-latent-cresnet51-w1-s{seed} (default: %(default)s)")
+    ap.add_argument("--recipe", default="paper", help="tasks.recipe of the classifier stages: paper (App. A.4) or "
+                                                      "imagenette (issue 12, as experiments/classification/matched.py)")
+    ap.add_argument("--gammas", default=None, help="γ ablation of Eq. 2, comma separated: each γ other than the "
+                                                   "default 0.001 adds a row joint_ft_g<γ> (e.g. 0.0003,0.001,0.003)")
     ap.add_argument("--work", default="/root/joint")
     ap.add_argument("--out", default="/root/results/joint")
     ap.add_argument("--runs-json", nargs="+", default=[str(ROOT / "results" / "joint" / f"runs-{p}.json") for p in ("c8", "c32")],
@@ -250,10 +312,13 @@ def main():
     ap.add_argument("--points", default="c8,c32")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--epochs", type=float, default=9, help="joint / codec-only fine-tune epochs (App. A.8)")
-    ap.add_argument("--scratch-epochs", type=int, default=28, help="control cResNet-51 from scratch (§4.4)")
+    ap.add_argument("--scratch-epochs", type=int, default=None,
+                    help="control cResNet-51 from scratch (§4.4) and a baseline trained here (default: the recipe's: "
+                         "paper 28, imagenette 40)")
     ap.add_argument("--more-epochs", type=int, default=9, help="control: more epochs on the new point (§6.1)")
     ap.add_argument("--batch-size", type=int, default=64, help="joint / codec-only fine-tunes (App. A.8)")
-    ap.add_argument("--cls-batch-size", type=int, default=256, help="classifiers: as experiments/classification/table2.py")
+    ap.add_argument("--cls-batch-size", type=int, default=None,
+                    help="classifiers (default: paper 256 as experiments/classification/table2.py, else the recipe's)")
     ap.add_argument("--width", type=float, default=1.0, help="< 1 only for smoke tests (baseline trained here)")
     ap.add_argument("--image-size", type=int, default=224, help="< 224 only for smoke tests")
     ap.add_argument("--limit", type=int, default=None, help="images per class (smoke tests)")
@@ -265,6 +330,14 @@ def main():
                     help="run: one process per point side by side on the visible GPU(s), each with --out/--cache "
                          "suffixed -POINT (collect those runs.json files with --runs-json)")
     a = ap.parse_args()
+    if a.stage == "run":
+        from nodecode.tasks.recipe import get_recipe
+        get_recipe(a.recipe)       # an unknown name fails here, not after the joint fine-tune
+        gammas = a.gammas
+        a.scratch_epochs = a.scratch_epochs or get_recipe(a.recipe).epochs
+        a.cls_batch_size = a.cls_batch_size or (256 if a.recipe == "paper" else get_recipe(a.recipe).batch_size)
+        if not a.parallel:     # --parallel passes the string on to the per-point processes
+            a.gammas = [float(g) for g in gammas.split(",") if g] if gammas else []
     run(a) if a.stage == "run" else collect(a)
 
 
