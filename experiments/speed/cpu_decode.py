@@ -9,20 +9,13 @@ memory (a shard's one read). N processes: chunks of file paths vs chunks of shar
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from nodecode.experiments import best_seconds
 
-def best(fn, reps=3):
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def main(argv=None):
@@ -43,16 +36,16 @@ def main(argv=None):
                          for d in (Path(f).read_bytes() for f in files)])
     decode_ndc_chunk(files[:2])
     n = len(files)
-    rows = {"old: read_symbols per file": best(old), "now: decode_ndc_chunk(files)": best(lambda: decode_ndc_chunk(files)),
-            "now: decode_ndc_datas(bytes in memory)": best(lambda: decode_ndc_datas(datas)),
-            "  of which: read the files": best(lambda: [Path(f).read_bytes() for f in files]),
+    rows = {"old: read_symbols per file": best_seconds(old), "now: decode_ndc_chunk(files)": best_seconds(lambda: decode_ndc_chunk(files)),
+            "now: decode_ndc_datas(bytes in memory)": best_seconds(lambda: decode_ndc_datas(datas)),
+            "  of which: read the files": best_seconds(lambda: [Path(f).read_bytes() for f in files]),
             "  of which: constriction decode calls": None}
     dec = next(iter(_DECODERS.values()))
     p = dec.decode(datas)  # noqa: F841 - warm
     from nodecode.codec.gpu_entropy import pack_files
     pk = pack_files(datas, codec)
     words, starts, counts = pk.parts(pk.buffer)
-    rows["  of which: constriction decode calls"] = best(
+    rows["  of which: constriction decode calls"] = best_seconds(
         lambda: [dec._constriction(words[s: s + k], pk.shape) for s, k in zip(starts.astype(int), counts.astype(int))])
     for k, t in rows.items():
         print(f"one core  {k:42s} {1e3 * t / n:7.3f} ms/img {n / t:9.0f} img/s")
@@ -62,7 +55,7 @@ def main(argv=None):
             k = -(-n // (4 * a.workers))
             chunks = [items[i: i + k] for i in range(0, n, k)]
             list(pool.map(fn, chunks))
-            t = best(lambda: list(pool.map(fn, chunks)))
+            t = best_seconds(lambda: list(pool.map(fn, chunks)))
             print(f"{a.workers} processes, chunks of {name:12s} {n / t:9.0f} img/s ({n / t / a.workers:.0f} per process)")
     finally:
         pool.shutdown()

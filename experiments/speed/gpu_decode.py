@@ -29,7 +29,7 @@ from nodecode.bench.e2e import decode_ndc_chunk, decode_ndc_datas, e2e_speed, pr
 from nodecode.codec.gpu_entropy import BatchDecoder, decode_triton, pack_files, triton_available
 from nodecode.codec.zoo import load_codec
 from nodecode.data.shards import read_shard
-from nodecode.experiments import Budget, Runs, experiment_parser, markdown_table
+from nodecode.experiments import Budget, Runs, best_seconds, experiment_parser, markdown_table
 from nodecode.utils import provenance
 
 STAGES: list = []       # (key, function of the run's arguments), in order
@@ -137,16 +137,11 @@ def cpu_per_core(work, n):
     for name, fn in (("old read_symbols per file", old), ("decode_ndc_chunk (files)", lambda: decode_ndc_chunk(files)),
                      ("decode_ndc_datas (shard bytes)", lambda: decode_ndc_datas([s.ndc for s in samples]))):
         fn()
-        t = min(_timed(fn) for _ in range(3))
+        t = best_seconds(fn)
         out[name] = len(files) / t
         print(f"CPU decode, one core, {name:32s} {len(files) / t:8.0f} img/s")
     return out
 
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 @stage("e2e")

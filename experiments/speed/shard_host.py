@@ -12,17 +12,8 @@ import argparse
 import json
 import platform
 import tempfile
-import time
 from pathlib import Path
 
-
-def best(fn, reps=5) -> float:
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def main(argv=None) -> None:
@@ -31,6 +22,7 @@ def main(argv=None) -> None:
     from nodecode.codec.files import codec_for
     from nodecode.codec.gpu_entropy import entropy_model, pack_files
     from nodecode.data.shards import pack_dir, read_shard
+    from nodecode.experiments import best_seconds
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ndc_dir")
     ap.add_argument("--batch", type=int, default=1024)
@@ -44,8 +36,8 @@ def main(argv=None) -> None:
         model = entropy_model(codec_for(samples[0].ndc, None, "cpu"))
         datas = [s.ndc for s in samples]
         n = len(samples)
-        read = best(lambda: read_shard(shard))
-        pack = best(lambda: [pack_files(datas[i: i + a.batch], model) for i in range(0, n, a.batch)])
+        read = best_seconds(lambda: read_shard(shard), 5)
+        pack = best_seconds(lambda: [pack_files(datas[i: i + a.batch], model) for i in range(0, n, a.batch)], 5)
     row = {"samples": n, "shard_bytes": shard.stat().st_size if shard.exists() else None,
            "read_shard_us_per_sample": 1e6 * read / n, "pack_files_us_per_sample": 1e6 * pack / n,
            "host_images_per_s": n / (read + pack), "cpu": platform.processor() or platform.machine(),

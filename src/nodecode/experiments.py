@@ -185,6 +185,16 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
+def best_seconds(fn: Callable[[], object], reps: int = 3) -> float:
+    """The fastest of `reps` timed calls of fn (wall seconds): a benchmark's figure, robust to a noisy neighbour."""
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return min(out)
+
+
 def log(msg: str) -> None:
     """A timestamped progress line (long pipelines whose log is read while they run)."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
