@@ -3,6 +3,7 @@ device, is the classifier trained on the encoder's symbols of the same images (s
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -100,3 +101,28 @@ def test_ndc_holdout_and_recipe(data, tmp_path):
     s = r.summary
     assert r.finished and s["eval_on"] == "holdout-0.25" and s["train_images"] == 9 and s["val"]["n"] == 3
     assert s["recipe"]["nesterov"] and s["checkpoint"]["image_size"] == 224 and s["checkpoint"]["input"] == "latent"
+
+
+def test_streams_are_checked_once_at_load_then_batches_decode_without_status(data):
+    """With the Triton kernel (here its CPU interpreter) every stream is decoded once when NdcSymbols is built, a bad
+    stream (valid header and CRC, wrong words) is refused there by key, and later batches (no status read back)
+    give constriction's symbols."""
+    from nodecode.codec import bitstream
+    from nodecode.codec.gpu_entropy import triton_available
+    from nodecode.data.ndc import NdcSymbols, load_split
+    if not triton_available():
+        pytest.skip("triton not installed")
+    _, shards = data
+    codec = load_codec("c8")
+    samples = load_split(shards, "val")[0]
+    x = NdcSymbols(samples, codec, backend="interpret")
+    assert x.trusted
+    ref = torch.stack([torch.from_numpy(codec.read_symbols(s.ndc)[1]) for s in samples])
+    assert torch.equal(x[torch.tensor([4, 1, 0])], ref[[4, 1, 0]]) and torch.equal(x[:], ref)
+    header, words = bitstream.unpack(samples[2].ndc)
+    samples[2].ndc = bitstream.pack(header, np.concatenate([[7], words]).astype(np.uint32))
+    with pytest.raises(NodecodeError, match=samples[2].key):
+        NdcSymbols(samples, codec, backend="interpret")
+    from nodecode.codec.gpu_entropy import BatchDecoder
+    dec = BatchDecoder(codec, "cpu", "interpret")
+    assert dec.decode([samples[2].ndc]).errors and not dec.decode([samples[2].ndc], trusted=True).errors  # no status read
