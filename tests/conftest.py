@@ -53,6 +53,17 @@ def imagenette_ndc(dest: Path, codec, classes: list[str], per_class: int, by_cla
     return out
 
 
+def rerun_after_losing(run, tmp: Path, key: str, total: int) -> dict:
+    """A matched-grid experiment whose finished run `key` is dropped from its state runs.json: the next `run`
+    starts that job alone (it resumes at its end) and ends with all `total` runs finished; the redone row."""
+    import json
+    state = tmp / "state" / "runs.json"
+    state.write_text(json.dumps({n: r for n, r in json.loads(state.read_text()).items() if n != key}))
+    third = run()
+    assert third.count("start ") == 1 and f"start {key}" in third and third.strip().endswith(f"{total} runs finished; 0 left")
+    return json.loads((tmp / "out" / "runs.json").read_text())[key]
+
+
 def needs(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import IMAGENETTE, needs
+from conftest import IMAGENETTE, needs, rerun_after_losing
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "classification" / "matched.py"
@@ -37,11 +37,7 @@ def test_matched_smoke_runs_resumes_and_reports(tmp_path):
     again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train
     assert "start " not in again and again.strip().endswith("8 runs finished; 0 left")
     k = "c8-latent-cresnet51-w0.25-s1"                # its result lost: the job resumes at its end, TrainResult finished
-    state = tmp_path / "state" / "runs.json"
-    state.write_text(json.dumps({n: r for n, r in json.loads(state.read_text()).items() if n != k}))
-    third = _run("run", tmp=tmp_path)
-    assert third.count("start ") == 1 and f"start {k}" in third and third.strip().endswith("8 runs finished; 0 left")
-    redone = json.loads((tmp_path / "out" / "runs.json").read_text())[k]
+    redone = rerun_after_losing(lambda: _run("run", tmp=tmp_path), tmp_path, k, 8)
     assert {**redone, "minutes": 0} == {**runs[k], "minutes": 0} and redone["steps"] == 3    # 12 images / batch 4
     search = _run("search", "--variants", "ls0", "--holdout-frac", "0.25", tmp=tmp_path)
     row = json.loads((tmp_path / "out" / "search.json").read_text())["search-ls0"]

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import CAMVID, needs
+from conftest import CAMVID, needs, rerun_after_losing
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "segmentation" / "matched.py"
@@ -57,12 +57,8 @@ def test_segmatched_smoke_runs_resumes_and_reports(tmp_path):
     assert "| c8 | 0.0625 | latent | cresnet51_d |" in out and md.count("\n| c8 | 0.0625 | latent |") == 2
     again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train
     assert "start " not in again and "WARNING" not in again and again.strip().endswith("8 runs finished; 0 left")
-    k = "c8-decoded-resnet50_d-w0.0625-s1"          # its result lost: the job resumes at its end, TrainResult finished
-    state = tmp_path / "state" / "runs.json"
-    state.write_text(json.dumps({n: r for n, r in json.loads(state.read_text()).items() if n != k}))
-    third = _run("run", tmp=tmp_path)
-    assert third.count("start ") == 1 and f"start {k}" in third and third.strip().endswith("8 runs finished; 0 left")
-    redone = json.loads((tmp_path / "out" / "runs.json").read_text())[k]
+    k = "c8-decoded-resnet50_d-w0.0625-s1"                # its result lost: the job resumes at its end, TrainResult finished
+    redone = rerun_after_losing(lambda: _run("run", tmp=tmp_path), tmp_path, k, 8)
     assert {**redone, "minutes": 0} == {**runs[k], "minutes": 0}
     _run("collect", "--done", str(tmp_path / "out" / "runs.json"), "--results", str(tmp_path / "res"), tmp=tmp_path)
     assert {p.name for p in (tmp_path / "res").iterdir()} == {"runs.json", "matched.json", "matched.md",
