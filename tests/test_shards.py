@@ -50,6 +50,44 @@ def test_shard_is_a_plain_tar_in_webdataset_layout(ndc_dir, shard):
         assert s.meta["model"] == "c8" and (s.meta["height"], s.meta["width"]) == (224, 224)
 
 
+def _tar(path, members, fmt):
+    """A tar of (name, bytes or None for a directory) written by the standard tarfile module."""
+    import io
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+def test_numpy_walk_reads_regular_shards_and_leaves_the_rest_to_the_member_walk(shard, tmp_path):
+    """The header walk in numpy (_walk_regular) gives the member walk's result on a shard; on a tar it cannot read
+    exactly (a long pax name, a directory entry, a payload block that looks like a ustar header) it declines, and
+    scan_members still agrees with the standard tarfile reader."""
+    from nodecode.data.shards import _walk, _walk_regular, scan_members
+    buf = shard.read_bytes()
+    heads: list[int] = []
+    fast = _walk_regular(buf)
+    assert fast is not None and (fast[0], fast[1]) == (_walk(buf, "s", heads), heads)
+    fake = bytearray(1024)                          # a payload whose second block carries the ustar magic
+    fake[512 + 257: 512 + 262] = b"ustar"
+    cases = {"pax": ([("a/" + "x" * 150 + ".ndc", b"1"), ("c.cls", b"3")], tarfile.PAX_FORMAT),
+             "dir": ([("a", None), ("a/b.ndc", b"12")], tarfile.USTAR_FORMAT),
+             "fake": ([("b.bin", bytes(fake)), ("c.cls", b"3")], tarfile.USTAR_FORMAT)}
+    for name, (members, fmt) in cases.items():
+        data = _tar(tmp_path / f"{name}.tar", members, fmt)
+        assert _walk_regular(data) is None, name
+        want = [(n, d) for n, d in members if d is not None]
+        assert [(n, bytes(b)) for n, b in iter_members(data)] == want, name
+    assert scan_members(_tar(tmp_path / "f.tar", cases["fake"][0], tarfile.USTAR_FORMAT)) == \
+        [("b.bin", 512, 1024), ("c.cls", 2048, 1)]
+
+
 def test_webdataset_package_reads_the_shard(shard):
     wds = pytest.importorskip("webdataset")
     got = [(s["__key__"], s["ndc"], int(s["cls"])) for s in wds.WebDataset(str(shard), shardshuffle=False)]

@@ -102,14 +102,16 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
-def _check_headers(buf: bytes, heads: list[int], where: str) -> None:
-    """Every tar header's checksum (bytes summed with the checksum field as spaces), all headers in one numpy pass."""
+def _check_headers(buf: bytes, heads: list[int], where: str, blocks: np.ndarray | None = None) -> None:
+    """Every tar header's checksum (bytes summed with the checksum field as spaces), all headers in one numpy pass
+    (`blocks`: the header blocks when the caller has them gathered already)."""
     if not heads:
         return
-    arr = np.frombuffer(buf, np.uint8, count=len(buf) // 512 * 512).reshape(-1, 512)
-    blocks = arr[np.asarray(heads, np.int64) // 512]          # headers sit on 512-byte blocks
+    if blocks is None:
+        arr = np.frombuffer(buf, np.uint8, count=len(buf) // 512 * 512).reshape(-1, 512)
+        blocks = arr[np.asarray(heads, np.int64) // 512]          # headers sit on 512-byte blocks
     field = blocks[:, 148:156].astype(np.int64)
-    got = blocks.sum(1, dtype=np.int64) - field.sum(1) + 8 * 32
+    got = blocks.sum(1, dtype=np.uint32).astype(np.int64) - field.sum(1) + 8 * 32     # 512 * 255 fits 32 bits
     stored = np.zeros(len(heads), np.int64)        # the octal field (leading spaces, then digits, then NUL / space)
     for j in range(8):
         digit = (field[:, j] >= 48) & (field[:, j] <= 55)
@@ -151,10 +153,60 @@ def _walk(buf: bytes, where: str, heads: list[int]) -> list[tuple[str, int, int]
     return out
 
 
+def _fields_octal(f: np.ndarray) -> np.ndarray | None:
+    """The values of (n, width) octal header fields, or None unless every one is spaces, digits, then NULs / spaces
+    (the fields _octal reads the same way)."""
+    digit = (f >= 48) & (f <= 55)
+    pos = np.arange(f.shape[1])
+    first = np.where(digit.any(1), digit.argmax(1), f.shape[1])
+    last = np.where(digit.any(1), f.shape[1] - 1 - digit[:, ::-1].argmax(1), -1)
+    ok = np.where(pos < first[:, None], f == 32,
+                  np.where(pos > last[:, None], (f == 0) | (f == 32), digit))
+    if not ok.all():
+        return None
+    value = np.zeros(len(f), np.int64)
+    for j in range(f.shape[1]):
+        value = np.where(digit[:, j], value * 8 + f[:, j] - 48, value)
+    return value
+
+
+def _walk_regular(buf: bytes) -> tuple[list[tuple[str, int, int]], list[int], np.ndarray] | None:
+    """(_walk's result, the header offsets, the header blocks) in numpy for the common shard (ustar headers of
+    regular files with short names back to back, then the end-of-archive block), or None when the buffer is anything
+    else (the walk then reads it member by member): the candidate headers (ustar magic) must chain exactly, header to
+    header by their sizes, from the first block to the end-of-archive block."""
+    nb = len(buf) // 512
+    if nb < 2:
+        return None
+    blocks = np.frombuffer(buf, np.uint8, count=nb * 512).reshape(nb, 512)
+    magic = np.frombuffer(b"ustar", np.uint8)
+    cand = np.flatnonzero((blocks[:, 257:262] == magic).all(1))
+    if not len(cand) or cand[0] != 0:
+        return None
+    hdr = blocks[cand]
+    size = _fields_octal(hdr[:, 124:136])
+    kind = hdr[:, 156]
+    if size is None or not np.isin(kind, (48, 0, 55)).all() or hdr[:, 345].any():
+        return None
+    nxt = cand + 1 + (size + 511) // 512
+    if (nxt[:-1] != cand[1:]).any() or nxt[-1] >= nb or blocks[nxt[-1]].any():
+        return None
+    try:
+        names = [n.decode("utf-8") for n in hdr[:, :100].copy().view("S100")[:, 0].tolist()]
+    except UnicodeDecodeError:
+        return None
+    return list(zip(names, ((cand + 1) * 512).tolist(), size.tolist())), (cand * 512).tolist(), hdr
+
+
 def scan_members(buf: bytes, where: str = "shard") -> list[tuple[str, int, int]]:
     """(name, payload offset, size) of each regular file of a tar held in memory (ustar, pax and GNU long names);
     a damaged header is reported as such, even when the walk tripped over it first."""
-    heads: list[int] = []
+    fast = _walk_regular(buf)
+    if fast is not None:
+        out, heads, blocks = fast
+        _check_headers(buf, heads, where, blocks)
+        return out
+    heads = []
     try:
         out = _walk(buf, where, heads)
     except (NodecodeError, ValueError, UnicodeDecodeError) as e:
@@ -179,24 +231,22 @@ def read_shard(path: str | os.PathLike) -> list[Sample]:
     buf = path.read_bytes()
     samples: dict[str, Sample] = {}
     for name, off, size in scan_members(buf, str(path)):
-        payload = buf[off: off + size]
-        base = name.rsplit("/", 1)
-        stem, dot, ext = base[-1].partition(".")
-        if not dot:
+        dot = name.find(".", name.rfind("/") + 1)         # key = folder + stem, extension after the stem's first dot
+        if dot < 0:
             continue
-        key = (base[0] + "/" + stem) if len(base) > 1 else stem
+        key, ext = name[:dot], name[dot + 1:]
         s = samples.get(key)
         if s is None:
             s = samples[key] = Sample(key, None)
-        try:
-            if ext == "ndc":
-                s.ndc = payload
-            elif ext == "cls":
-                s.label = int(payload)
-            elif ext == "json":
-                s.meta_json = payload
-        except ValueError:
-            raise NodecodeError(f"{path}: member {name} is not valid {ext}") from None
+        if ext == "ndc":
+            s.ndc = buf[off: off + size]
+        elif ext == "cls":
+            try:
+                s.label = int(buf[off: off + size])
+            except ValueError:
+                raise NodecodeError(f"{path}: member {name} is not valid cls") from None
+        elif ext == "json":
+            s.meta_json = buf[off: off + size]
     return [s for s in samples.values() if s.ndc is not None]
 
 
