@@ -20,6 +20,24 @@ def _run(*args, tmp):
     return p.stdout
 
 
+def _check_bundle_candidate(tmp_path, row):
+    """The seed-0 run of the bundled classifier's point / architecture / width comes back as its fp16 candidate,
+    the run's weights rounded to fp16, with its val top-1 in the header."""
+    import torch
+
+    from nodecode import zoo
+    from nodecode.tasks.classification import load_classifier
+    path = tmp_path / "out" / "bundled" / "classifier-c8.safetensors"
+    assert zoo.load_tensors(path)["fc.weight"].dtype == torch.float16
+    got, meta = load_classifier(path, "cpu")
+    ref, _ = load_classifier(tmp_path / "state" / "runs" / "c8-latent-cresnet51-w0.25-s0", "cpu")
+    header = json.loads(zoo.header(path)["meta"])
+    assert header["val_top1"] == row["val"]["top1"] and header["source_run"] == "c8-latent-cresnet51-w0.25-s0"
+    assert meta["width"] == 0.25 and meta["codec"] == "c8"
+    for (k, a), b in zip(got.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(a, b.half().float()) if a.is_floating_point() else torch.equal(a, b), k
+
+
 @needs(IMAGENETTE)
 def test_matched_smoke_runs_resumes_and_reports(tmp_path):
     out = _run("run", tmp=tmp_path)
@@ -34,8 +52,10 @@ def test_matched_smoke_runs_resumes_and_reports(tmp_path):
     assert {(r["input"], r["model"]) for r in rep["fig6"]} == {("decoded", "resnet50"), ("latent", "cresnet51"),
                                                                ("latent", "cresnet39"), ("rgb", "resnet50")}
     assert "| c8 | 0.25 | latent | cresnet51 |" in out
+    _check_bundle_candidate(tmp_path, runs["c8-latent-cresnet51-w0.25-s0"])
     again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train
     assert "start " not in again and again.strip().endswith("8 runs finished; 0 left")
+    assert "bundle candidate" not in again                             # written once
     k = "c8-latent-cresnet51-w0.25-s1"                # its result lost: the job resumes at its end, TrainResult finished
     redone = rerun_after_losing(lambda: _run("run", tmp=tmp_path), tmp_path, k, 8)
     assert {**redone, "minutes": 0} == {**runs[k], "minutes": 0} and redone["steps"] == 3    # 12 images / batch 4

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, experiment_parser, grid_job, grid_stage,
-                                  group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
+from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, experiment_parser, export_bundled, grid_job,
+                                  grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
                                   prepare_once, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
@@ -99,6 +99,7 @@ def stage_run(a) -> None:
              {"point": p if kind != "rgb" else "none", "input": kind, "model": m, "width": w, "seed": s})
             for k, p, kind, m, w, s in grid(a)]
     left = run_todo(a, todo, runs)
+    export_bundled(runs, Path(a.state) / "runs", Path(a.out), "classifier", lambda r: {"val_top1": r["val"]["top1"]})
     report(a, runs, Path(a.out))
     print(f"{len(runs)} runs finished; {len(left)} left" + (f" (next: {left[0]})" if left else ""))
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (ROOT, Runs, add_grid_args, experiment_parser, grid_job, grid_key, grid_stage,
-                                  group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
+from nodecode.experiments import (ROOT, Runs, add_grid_args, experiment_parser, export_bundled, grid_job, grid_key,
+                                  grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
                                   prepare_once, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50_d"), ("latent", "cresnet51_d"), ("latent", "cresnet39_d"), ("rgb", "resnet50_d"))
@@ -103,6 +103,8 @@ def stage_run(a) -> None:
     left = run_grid(a, __file__, todo, runs,
                     lambda row: f"val mIoU {100 * row['val']['miou']:.2f}, test {100 * row['test']['miou']:.2f}",
                     lambda todo: prepare(a, todo_points(todo)))
+    export_bundled(runs, Path(a.state) / "runs", Path(a.out), "segmenter",
+                   lambda r: {"val_miou": r["val"]["miou"], "test_miou": r["test"]["miou"]})
     report(a, runs, Path(a.out))
     print(f"{len(runs)} runs finished; {len(left)} left" + (f" (next: {left[0]})" if left else ""))
 

@@ -359,6 +359,29 @@ def matched_grid(points, widths, seeds, arms, patterns=None, widths_first: bool 
     return out
 
 
+def export_bundled(runs: Runs, run_dir: Path, out: Path, kind: str, metrics: Callable[[dict], dict]) -> list[Path]:
+    """For each bundled `kind` (classifier / segmenter) of the zoo, the seed-0 grid run of its point, architecture
+    and width (from its zoo entry), once finished, as fp16 weights in out/bundled/<zoo name>.safetensors with
+    `metrics(row)` in the header: the files `python -m nodecode.zoo import-legacy` bundles. The files written."""
+    from nodecode import zoo
+    if kind == "classifier":
+        from nodecode.tasks.classification import load_classifier as load, save_classifier as save
+    else:
+        from nodecode.tasks.segmentation import load_segmenter as load, save_segmenter as save
+    written = []
+    for name, cfg in zoo.index().items():
+        key = grid_key(cfg.codec or "", "latent", cfg.architecture, cfg.width, 0)
+        dest = out / "bundled" / f"{name}.safetensors"
+        if cfg.kind != kind or key not in runs or dest.exists() or not (run_dir / key).is_dir():
+            continue
+        model, meta = load(run_dir / key, "cpu")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        save(model, dest, {**meta, **metrics(runs[key]), "source_run": key}, half=True)
+        written.append(dest)
+        print(f"bundle candidate {dest} ({dest.stat().st_size / 2**20:.2f} MiB) from {key}", flush=True)
+    return written
+
+
 def prepare_once(script: str | Path, cfg: dict) -> None:
     """`script prepare CFG` in one process on the first visible GPU (e.g. filling the caches the jobs share)."""
     gpus = visible_gpus()[:1]
