@@ -200,3 +200,5 @@ def test_shard_pass_with_reader_processes_equals_this_thread(shard, tmp_path):
     assert len(here["keys"]) == len(here["labels"]) == 17 and here["keys"].count(target.key) == 2
     sums = {s.key: int(load_codec("c8").read_symbols(s.ndc)[1].astype(np.int64).sum()) for s in read_shard(shard)}
     assert here["labels"] == [sums[k] for k in here["keys"]]
+    for r in (here, there):                 # the idle start: the first batch's read + pack, within the pass
+        assert 0 < r["first_launch_s"] < r["seconds"]

@@ -234,7 +234,8 @@ def _row(path, model, impl, mode, r, names, classes, bpp, batch, **kw) -> dict:
 
 
 def _log_row(log, r):
-    parts = " ".join(f"{k[:-2]} {r[k]:.2f}s" for k in ("read_s", "parse_s", "h2d_s", "decode_s", "network_s") if k in r)
+    parts = " ".join(f"{k[:-2]} {r[k]:.3f}s" for k in ("read_s", "parse_s", "h2d_s", "decode_s", "network_s",
+                                                       "first_launch_s") if k in r)
     log(f"e2e {r['path']:34s} {r['model']:10s} {r['impl']:20s} {r['images_per_s']:9.0f} img/s  bpp {r['bpp']:.3f}  "
         + parts + (f"  top-1 {100 * r['top1']:.1f}%" if r["top1"] is not None else ""))
 

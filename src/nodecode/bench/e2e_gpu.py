@@ -61,7 +61,8 @@ def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool, pool=None) -
     its batches; with a process pool, shards are read and packed by its processes (read_packed), as many at a time
     as it has processes, and this thread only copies, launches and collects ("read_s" is then its wait for them).
 
-    {"seconds", "read_s", "parse_s", "h2d_s", "decode_s", "network_s", "labels", "keys", "corrupt"}; keys are those
+    {"seconds", "read_s", "parse_s", "h2d_s", "decode_s", "network_s", "first_launch_s" (from the start until the first
+    batch was handed to the network: the GPU's idle start), "labels", "keys", "corrupt"}; keys are those
     of the files decoded (the labels' order); corrupt files are counted from the host's refusals and the decoder's
     statuses at the end (no per-batch synchronisation for them)."""
     dev = dec.device
@@ -74,6 +75,7 @@ def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool, pool=None) -
                   (_packed_here(shard, dec.model, batch, t) for shard in shards)):
         for p, ks in packs:
             kept, refused = _decode_infer(p, dec, infer, pipelined, dev, t, labels, statuses, ring)
+            t.setdefault("first_launch_s", time.perf_counter() - t0)
             keys += [ks[j] for j in kept]
             corrupt += refused
     labels = torch.cat(labels).cpu().tolist() if labels else []
@@ -165,7 +167,8 @@ def nvjpeg_missing(dev: torch.device) -> str | None:
 
 
 def nvjpeg_pass(files: list[str], infer, batch: int, dev: torch.device, pipelined: bool) -> dict:
-    """JPEG files -> read -> decode_jpeg(list, device=cuda) (batched nvJPEG) -> infer, per batch."""
+    """JPEG files -> read -> decode_jpeg(list, device=cuda) (batched nvJPEG) -> infer, per batch; the time parts of
+    ndc_shard_pass (read, decode, network, first_launch_s)."""
     from torchvision.io import ImageReadMode, decode_jpeg
     t = dict.fromkeys(("read_s", "decode_s", "network_s"), 0.0)
     labels = []
@@ -176,6 +179,7 @@ def nvjpeg_pass(files: list[str], infer, batch: int, dev: torch.device, pipeline
         b = time.perf_counter()
         x = torch.stack(decode_jpeg(datas, mode=ImageReadMode.RGB, device=dev))
         c, d = _infer_timed(infer, x, labels, dev, pipelined)
+        t.setdefault("first_launch_s", d - t0)
         t["read_s"] += b - a
         t["decode_s"] += c - b
         t["network_s"] += d - c
