@@ -68,24 +68,40 @@ def _tar(path, members, fmt):
 def test_numpy_walk_reads_regular_shards_and_leaves_the_rest_to_the_member_walk(shard, tmp_path):
     """The header walk in numpy (_walk_regular) gives the member walk's result on a shard; on a tar it cannot read
     exactly (a long pax name, a directory entry, a payload block that looks like a ustar header) it declines, and
-    scan_members still agrees with the standard tarfile reader."""
-    from nodecode.data.shards import _walk, _walk_regular, scan_members
+    scan_members still agrees with the standard tarfile reader, also when it declines only after a first part."""
+    from nodecode.data.shards import _header_candidates, _walk, _walk_regular, scan_members, scan_parts
     buf = shard.read_bytes()
     heads: list[int] = []
-    fast = _walk_regular(buf)
+    blocks, cand = _header_candidates(buf)
+    fast = _walk_regular(blocks, cand, 0, len(cand))
     assert fast is not None and (fast[0], fast[1]) == (_walk(buf, "s", heads), heads)
     fake = bytearray(1024)                          # a payload whose second block carries the ustar magic
     fake[512 + 257: 512 + 262] = b"ustar"
     cases = {"pax": ([("a/" + "x" * 150 + ".ndc", b"1"), ("c.cls", b"3")], tarfile.PAX_FORMAT),
              "dir": ([("a", None), ("a/b.ndc", b"12")], tarfile.USTAR_FORMAT),
-             "fake": ([("b.bin", bytes(fake)), ("c.cls", b"3")], tarfile.USTAR_FORMAT)}
+             "fake": ([("a.ndc", b"7"), ("b.bin", bytes(fake)), ("c.cls", b"3")], tarfile.USTAR_FORMAT)}
     for name, (members, fmt) in cases.items():
         data = _tar(tmp_path / f"{name}.tar", members, fmt)
-        assert _walk_regular(data) is None, name
+        found = _header_candidates(data)
+        assert found is None or _walk_regular(*found, 0, len(found[1])) is None, name
         want = [(n, d) for n, d in members if d is not None]
         assert [(n, bytes(b)) for n, b in iter_members(data)] == want, name
-    assert scan_members(_tar(tmp_path / "f.tar", cases["fake"][0], tarfile.USTAR_FORMAT)) == \
-        [("b.bin", 512, 1024), ("c.cls", 2048, 1)]
+    data = (tmp_path / "fake.tar").read_bytes()     # a first part read in numpy, the rest by the member walk
+    assert [[m[0] for m in part] for part in scan_parts(data, first=1)] == [["a.ndc"], ["b.bin", "c.cls"]]
+    assert scan_members(data) == [("a.ndc", 512, 1), ("b.bin", 1536, 1024), ("c.cls", 3072, 1)]
+
+
+def test_shard_parts_stream_the_first_samples_and_keys_must_be_consecutive(shard, tmp_path):
+    """iter_shard's first part holds the samples among the first members (one cut in two by the boundary goes with
+    the rest); the parts together are read_shard; a key that comes back after another one is refused."""
+    from nodecode.data.shards import iter_shard
+    full = read_shard(shard)
+    parts = list(iter_shard(shard, first=4))            # ndc cls json ndc | cls json ...
+    assert [s.key for s in parts[0]] == [full[0].key] and [s for p in parts for s in p] == full
+    assert all(s.label is not None and s.meta_json for p in parts for s in p)
+    _tar(tmp_path / "split.tar", [("a.ndc", b"1"), ("b.ndc", b"2"), ("a.cls", b"3")], tarfile.USTAR_FORMAT)
+    with pytest.raises(NodecodeError, match="a.cls is not next to the other members of a"):
+        read_shard(tmp_path / "split.tar")
 
 
 def test_webdataset_package_reads_the_shard(shard):

@@ -1,5 +1,6 @@
 """The host side of the GPU .ndc path on one core (issue 13): microseconds per sample to read a shard (one sequential
-read, tar headers checked) and to validate + gather a batch's words (pack_files), the two steps the GPU waits on.
+read, tar headers checked) and to validate + gather a batch's words (pack_files), the two steps the GPU waits on,
+and the time until the e2e pass has its first batch packed (the GPU's idle start).
 
     python experiments/speed/shard_host.py NDC_DIR [--json OUT.json]     # NDC_DIR: .ndc files of one codec
 
@@ -19,6 +20,7 @@ from pathlib import Path
 def main(argv=None) -> None:
     import torch
 
+    from nodecode.bench.e2e_gpu import _packed_here
     from nodecode.codec.files import codec_for
     from nodecode.codec.gpu_entropy import entropy_model, pack_files
     from nodecode.data.shards import pack_dir, read_shard
@@ -38,12 +40,15 @@ def main(argv=None) -> None:
         n = len(samples)
         read = best_seconds(lambda: read_shard(shard), 5)
         pack = best_seconds(lambda: [pack_files(datas[i: i + a.batch], model) for i in range(0, n, a.batch)], 5)
-    row = {"samples": n, "shard_bytes": shard.stat().st_size if shard.exists() else None,
+        first = best_seconds(lambda: next(_packed_here(shard, model, a.batch, dict.fromkeys(("read_s", "parse_s"), 0.0))), 5)
+        shard_bytes = shard.stat().st_size
+    row = {"samples": n, "shard_bytes": shard_bytes, "first_batch_ms": 1e3 * first,
            "read_shard_us_per_sample": 1e6 * read / n, "pack_files_us_per_sample": 1e6 * pack / n,
            "host_images_per_s": n / (read + pack), "cpu": platform.processor() or platform.machine(),
            "torch": torch.__version__}
     print(f"{n} samples, one core: read_shard {row['read_shard_us_per_sample']:.2f} us/sample, pack_files "
-          f"{row['pack_files_us_per_sample']:.2f} us/sample -> host side {row['host_images_per_s']:,.0f} img/s")
+          f"{row['pack_files_us_per_sample']:.2f} us/sample -> host side {row['host_images_per_s']:,.0f} img/s; "
+          f"first batch of {a.batch} packed after {row['first_batch_ms']:.1f} ms")
     if a.json:
         Path(a.json).write_text(json.dumps(row, indent=1) + "\n")
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from nodecode.codec.gpu_entropy import decode_triton, pack_files
-from nodecode.data.shards import read_shard
+from nodecode.data.shards import iter_shard, read_shard
 
 
 def sync(dev: torch.device) -> None:
@@ -85,16 +85,25 @@ def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool, pool=None) -
 
 
 def _packed_here(shard, model, batch: int, t: dict):
-    """This thread: the shard's one read (timed as read), then each batch packed when it is needed (parse)."""
-    a = time.perf_counter()
-    samples = read_shard(shard) if isinstance(shard, (str, Path)) else shard
-    t["read_s"] += time.perf_counter() - a
-    for i in range(0, len(samples), batch):
+    """This thread: the shard's one read, parsed first for the members of its first batch (pack_dir writes three per
+    sample) so that the GPU starts on it while the rest is parsed (timed as read), then each batch packed when it is
+    needed (parse)."""
+    parts = iter_shard(shard, 3 * batch + 3) if isinstance(shard, (str, Path)) else iter([shard])
+    pending: list = []
+    while True:
         a = time.perf_counter()
-        part = samples[i: i + batch]
-        p = pack_files([s.ndc for s in part], model)
-        t["parse_s"] += time.perf_counter() - a
-        yield p, [s.key for s in part]
+        part = next(parts, None)
+        t["read_s"] += time.perf_counter() - a
+        if part is not None:
+            pending += part
+        while len(pending) >= batch or (part is None and pending):
+            a = time.perf_counter()
+            now, pending = pending[:batch], pending[batch:]
+            p = pack_files([s.ndc for s in now], model)
+            t["parse_s"] += time.perf_counter() - a
+            yield p, [s.key for s in now]
+        if part is None:
+            return
 
 
 def _pooled(shards, pool, model, batch: int, t: dict):

@@ -121,9 +121,10 @@ def _check_headers(buf: bytes, heads: list[int], where: str, blocks: np.ndarray 
         raise NodecodeError(f"{where}: corrupt tar header at byte {heads[bad[0]]}")
 
 
-def _walk(buf: bytes, where: str, heads: list[int]) -> list[tuple[str, int, int]]:
-    """(name, payload offset, size) of each regular file; the offset of every header visited goes to `heads`."""
-    off, n, pending, out = 0, len(buf), None, []
+def _walk(buf: bytes, where: str, heads: list[int], start: int = 0) -> list[tuple[str, int, int]]:
+    """(name, payload offset, size) of each regular file from the header at `start` on; the offset of every header
+    visited goes to `heads`."""
+    off, n, pending, out = start, len(buf), None, []
     while off + 512 <= n:
         if buf[off] == 0 and buf.count(0, off, off + 512) == 512:     # the end-of-archive block
             return out
@@ -170,50 +171,73 @@ def _fields_octal(f: np.ndarray) -> np.ndarray | None:
     return value
 
 
-def _walk_regular(buf: bytes) -> tuple[list[tuple[str, int, int]], list[int], np.ndarray] | None:
-    """(_walk's result, the header offsets, the header blocks) in numpy for the common shard (ustar headers of
-    regular files with short names back to back, then the end-of-archive block), or None when the buffer is anything
-    else (the walk then reads it member by member): the candidate headers (ustar magic) must chain exactly, header to
-    header by their sizes, from the first block to the end-of-archive block."""
+def _header_candidates(buf: bytes) -> tuple[np.ndarray, np.ndarray] | None:
+    """(the buffer as 512-byte blocks, the blocks carrying the ustar magic), or None when it starts with no such
+    header (then only the member walk can read it)."""
     nb = len(buf) // 512
     if nb < 2:
         return None
     blocks = np.frombuffer(buf, np.uint8, count=nb * 512).reshape(nb, 512)
-    magic = np.frombuffer(b"ustar", np.uint8)
-    cand = np.flatnonzero((blocks[:, 257:262] == magic).all(1))
-    if not len(cand) or cand[0] != 0:
-        return None
-    hdr = blocks[cand]
+    cand = np.flatnonzero((blocks[:, 257:262] == np.frombuffer(b"ustar", np.uint8)).all(1))
+    return (blocks, cand) if len(cand) and cand[0] == 0 else None
+
+
+def _walk_regular(blocks: np.ndarray, cand: np.ndarray, i0: int, i1: int):
+    """(members, header offsets, header blocks) of the candidate headers cand[i0:i1], read in numpy, when they are
+    what the member walk would read from cand[i0] on: regular files with short names, each header's size leading
+    exactly to the next candidate (to cand[i1], or to the end-of-archive block after the last one); else None."""
+    at = cand[i0:i1]
+    hdr = blocks[at]
     size = _fields_octal(hdr[:, 124:136])
-    kind = hdr[:, 156]
-    if size is None or not np.isin(kind, (48, 0, 55)).all() or hdr[:, 345].any():
+    if size is None or not np.isin(hdr[:, 156], (48, 0, 55)).all() or hdr[:, 345].any():
         return None
-    nxt = cand + 1 + (size + 511) // 512
-    if (nxt[:-1] != cand[1:]).any() or nxt[-1] >= nb or blocks[nxt[-1]].any():
+    nxt = at + 1 + (size + 511) // 512
+    if (nxt[:-1] != at[1:]).any():
+        return None
+    if i1 < len(cand):
+        if nxt[-1] != cand[i1]:
+            return None
+    elif nxt[-1] >= len(blocks) or blocks[nxt[-1]].any():
         return None
     try:
         names = [n.decode("utf-8") for n in hdr[:, :100].copy().view("S100")[:, 0].tolist()]
     except UnicodeDecodeError:
         return None
-    return list(zip(names, ((cand + 1) * 512).tolist(), size.tolist())), (cand * 512).tolist(), hdr
+    return list(zip(names, ((at + 1) * 512).tolist(), size.tolist())), (at * 512).tolist(), hdr
 
 
-def scan_members(buf: bytes, where: str = "shard") -> list[tuple[str, int, int]]:
-    """(name, payload offset, size) of each regular file of a tar held in memory (ustar, pax and GNU long names);
-    a damaged header is reported as such, even when the walk tripped over it first."""
-    fast = _walk_regular(buf)
-    if fast is not None:
-        out, heads, blocks = fast
-        _check_headers(buf, heads, where, blocks)
-        return out
-    heads = []
+def scan_parts(buf: bytes, where: str = "shard", first: int | None = None):
+    """(name, payload offset, size) of each regular file of a tar held in memory (ustar, pax and GNU long names), as
+    lists: the first `first` members (all when None), then the rest, each list's headers checksummed before it is
+    given; a damaged header is reported as such, even when the walk tripped over it first. Headers are read in numpy
+    where the tar is regular (_walk_regular), member by member from the first header it declines."""
+    found, i0, start = _header_candidates(buf), 0, 0
+    if found is not None:
+        blocks, cand = found
+        for i1 in ([first] if first and first < len(cand) else []) + [len(cand)]:
+            part = _walk_regular(blocks, cand, i0, i1)
+            if part is None:
+                break
+            out, heads, hdr = part
+            _check_headers(buf, heads, where, hdr)
+            yield out
+            i0 = i1
+        else:
+            return
+        start = int(cand[i0]) * 512
+    heads: list[int] = []
     try:
-        out = _walk(buf, where, heads)
+        out = _walk(buf, where, heads, start)
     except (NodecodeError, ValueError, UnicodeDecodeError) as e:
         _check_headers(buf, heads, where)
         raise e if isinstance(e, NodecodeError) else NodecodeError(f"{where}: not a tar file (bad header)") from None
     _check_headers(buf, heads, where)
-    return out
+    yield out
+
+
+def scan_members(buf: bytes, where: str = "shard") -> list[tuple[str, int, int]]:
+    """All of scan_parts in one list."""
+    return [m for part in scan_parts(buf, where) for m in part]
 
 
 def iter_members(buf: bytes, where: str = "shard"):
@@ -223,31 +247,49 @@ def iter_members(buf: bytes, where: str = "shard"):
         yield name, mv[off: off + size]
 
 
-def read_shard(path: str | os.PathLike) -> list[Sample]:
-    """All samples of a shard, in order, from one sequential read; members other than .ndc/.cls/.json are ignored."""
+def iter_shard(path: str | os.PathLike, first: int | None = None):
+    """The samples of a shard, in order, from one sequential read, as lists: those whose members are among the first
+    `first` members (all when None), then the others, so that a reader can start on the first ones before the rest
+    is parsed. A sample is the run of consecutive members sharing a key (folder + stem up to its first dot), as in
+    WebDataset; a key that comes back after another is refused, and members other than .ndc/.cls/.json are ignored."""
     path = Path(path)
     if not path.is_file():
         raise NodecodeError(f"no such file: {path}")
     buf = path.read_bytes()
-    samples: dict[str, Sample] = {}
-    for name, off, size in scan_members(buf, str(path)):
-        dot = name.find(".", name.rfind("/") + 1)         # key = folder + stem, extension after the stem's first dot
-        if dot < 0:
-            continue
-        key, ext = name[:dot], name[dot + 1:]
-        s = samples.get(key)
-        if s is None:
-            s = samples[key] = Sample(key, None)
-        if ext == "ndc":
-            s.ndc = buf[off: off + size]
-        elif ext == "cls":
-            try:
-                s.label = int(buf[off: off + size])
-            except ValueError:
-                raise NodecodeError(f"{path}: member {name} is not valid cls") from None
-        elif ext == "json":
-            s.meta_json = buf[off: off + size]
-    return [s for s in samples.values() if s.ndc is not None]
+    seen: set[str] = set()
+    cur = None
+    for members in scan_parts(buf, str(path), first):
+        done = []
+        for name, off, size in members:
+            dot = name.find(".", name.rfind("/") + 1)
+            if dot < 0:
+                continue
+            key, ext = name[:dot], name[dot + 1:]
+            if cur is None or key != cur.key:
+                if key in seen:
+                    raise NodecodeError(f"{path}: member {name} is not next to the other members of {key}")
+                seen.add(key)
+                if cur is not None and cur.ndc is not None:
+                    done.append(cur)
+                cur = Sample(key, None)
+            if ext == "ndc":
+                cur.ndc = buf[off: off + size]
+            elif ext == "cls":
+                try:
+                    cur.label = int(buf[off: off + size])
+                except ValueError:
+                    raise NodecodeError(f"{path}: member {name} is not valid cls") from None
+            elif ext == "json":
+                cur.meta_json = buf[off: off + size]
+        if done:
+            yield done
+    if cur is not None and cur.ndc is not None:
+        yield [cur]
+
+
+def read_shard(path: str | os.PathLike) -> list[Sample]:
+    """All samples of a shard (iter_shard), in one list."""
+    return [s for part in iter_shard(path) for s in part]
 
 
 def shard_paths(inputs) -> list[Path]:
