@@ -145,10 +145,11 @@ def cpu_per_core(work, n):
 
 
 @stage("e2e")
-def e2e(val_dir, work, dev, limit, batch, workers, cls, smoke, repeat):
-    return {"repeat": repeat,
+def e2e(val_dir, work, dev, limit, batch, workers, cls, smoke, repeat, compile_mode):
+    return {"repeat": repeat, "compile_mode": compile_mode,
             "rows": e2e_speed(val_dir, work, "c8", dev.type, limit, batch, workers, cls, 0.0625 if smoke else 1.0,
-                              points=("c8", "c16"), train_steps_n=3 if smoke else 30, repeat=repeat)}
+                              points=("c8", "c16"), train_steps_n=3 if smoke else 30, repeat=repeat,
+                              compile_mode=compile_mode)}
 
 
 def table(done: dict) -> str:
@@ -182,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None, help="e2e: passes over the set per timed row (default 4)")
     ap.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
+    ap.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows, e.g. "
+                    "max-autotune-no-cudagraphs")
     a = ap.parse_args(argv)
     out = Path(a.out)
     runs = Runs(out / "gpu_decode.json")           # resume: the stages already in it are not run again
@@ -202,7 +205,7 @@ def main(argv=None):
                 "kernel": lambda: kernel_speed(work, dev, batch, 3 if a.smoke else 50),
                 "cpu-decode-per-core": lambda: cpu_per_core(work, 32 if a.smoke else 512),
                 "e2e": lambda: e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke,
-                                   a.repeat or (1 if a.smoke else 4))}
+                                   a.repeat or (1 if a.smoke else 4), a.compile_mode)}
         for name, _ in STAGES:
             if run_stage(runs, budget, name, args[name]) is None and name == "prepare":
                 break                           # nothing to decode without the files

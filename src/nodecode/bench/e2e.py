@@ -94,12 +94,12 @@ def write_baseline(images: list[np.ndarray], names: list[str], out: Path, fmt: s
     return float(np.mean([r[1] for r in res]))
 
 
-def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor, compiled: bool = False):
-    """u8 batch -> argmax labels: BN folded, bf16, channels_last (torch.compile'd if `compiled`); a CUDA graph on
-    CUDA for every batch up to the example's size (a last, smaller batch replays it too: no recompile). The labels are a copy (a graph's output is overwritten by its next replay)."""
+def make_infer(net: torch.nn.Module, prep, example_u8: torch.Tensor, compile_mode: str | None = None):
+    """u8 batch -> argmax labels: BN folded, bf16, channels_last (torch.compile'd in `compile_mode` if given); a CUDA
+    graph on CUDA for every batch up to the example's size (a last, smaller batch replays it too: no recompile). The labels are a copy (a graph's output is overwritten by its next replay)."""
     m = fold_bn(net).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-    if compiled:
-        m = torch.compile(m)
+    if compile_mode:
+        m = torch.compile(m, mode=compile_mode)
 
     def fn(u8):
         return m(prep(u8).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)).argmax(1)
@@ -242,7 +242,7 @@ def _log_row(log, r):
 
 def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit: int | None = 1024,
               batch: int = 256, workers: int | None = None, cls_root=None, width: float = 1.0, log=print,
-              points: tuple = ("c8", "c16"), compiled: bool = True, train_steps_n: int = 30,
+              points: tuple = ("c8", "c16"), compile_mode: str | None = "default", train_steps_n: int = 30,
               repeat: int = 1) -> list[dict]:
     """All end-to-end rows (see the module docstring); trained weights from cls_root/<point>-latent-cresnet51-s0
     and cls_root/none-rgb-resnet50-s0 when there (top-1), else random ones. `codec_name` is the point of the
@@ -260,9 +260,9 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
     names = info["names"] * repeat
     workers = workers if workers is not None else min(16, os.cpu_count() or 1)
     ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
-    impls = ["optimized"] + (["compiled"] if compiled and dev.type == "cuda" else [])
+    impls = ["optimized"] + (["compiled"] if compile_mode and dev.type == "cuda" else [])
     rows: list[dict] = []
-    if compiled and dev.type != "cuda":
+    if compile_mode and dev.type != "cuda":
         rows.append({"path": "e2e compiled rows", "skipped": "torch.compile rows run on CUDA only"})
 
     def timed(label, run, make_row, modes=("sequential", "pipelined")):
@@ -290,7 +290,8 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
 
             def build(impl, net=net, mean=mean, codec=codec, c=c, dec=dec, samples=samples):
                 infer = make_infer(net, lambda u8: codec.latent(u8) - mean,
-                                   torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), impl == "compiled")
+                                   torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev),
+                                   compile_mode if impl == "compiled" else None)
                 g.ndc_shard_pass(samples[: 2 * batch], dec, infer, batch, True)        # warm-up: kernel, graph
                 return infer
 
@@ -317,7 +318,8 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
 
             def build(impl, files=files):
                 infer = make_infer(net, lambda u8: u8.float() - mean,
-                                   torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev), impl == "compiled")
+                                   torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev),
+                                   compile_mode if impl == "compiled" else None)
                 g.nvjpeg_pass(files[: 2 * batch], infer, batch, dev, True)
                 return infer
 
@@ -377,4 +379,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
                      "bf16" if dev.type == "cuda" else "fp32", "impl": "eager-train-step", "images_per_s": ips,
                      "ms_per_image": 1e3 / ips, "peak_fraction": None, "steps": train_steps_n})
         log(f"train-input {label:28s} {ips:9.0f} img/s")
+    for r in rows:
+        if str(r.get("impl", "")).startswith("compiled"):
+            r["compile_mode"] = compile_mode
     return rows

@@ -43,6 +43,8 @@ class SpeedConfig:
     compile_models: tuple[str, ...] = option(("cresnet51", "resnet50+decoder", "resnet50"),
                                              "networks also torch.compiled (comma list)")
     compile_budget_s: float = option(240.0, "stop compiling once this much compile time has been spent")
+    compile_mode: str = option("default", "torch.compile mode of the compiled rows (e.g. max-autotune-no-cudagraphs; "
+                                          "the CUDA graph is captured here either way)")
     peak_n: int = option(8192, "matrix side of the bf16 matmul peak measurement")
     # end to end from files (bench.e2e) and the Kodak codec speed (bench.codec_speed): off unless a folder is given
     e2e_data: str | None = option(None, "ImageFolder (e.g. imagenette2-224/val): run end to end from files")
@@ -135,8 +137,8 @@ def build(name: str, cfg: SpeedConfig) -> tuple[nn.Module, tuple, float, str]:
     return net.eval(), (batch, c, size, size), gmacs, path
 
 
-def _runner(net: nn.Module, impl: str, example: torch.Tensor):
-    """(callable x -> logits, converted example input) for one implementation."""
+def _runner(net: nn.Module, impl: str, example: torch.Tensor, mode: str = "default"):
+    """(callable x -> logits, converted example input) for one implementation (`mode`: torch.compile's)."""
     dev = example.device
     if impl == "eager-fp32":
         return net, example
@@ -148,7 +150,7 @@ def _runner(net: nn.Module, impl: str, example: torch.Tensor):
                 return m(x)
         return fn, cl
     m = fold_bn(net).to(dtype=torch.bfloat16, memory_format=torch.channels_last)
-    fn = torch.compile(m) if impl == "compiled" else m
+    fn = torch.compile(m, mode=mode) if impl == "compiled" else m
     x = cl.to(torch.bfloat16)
     return maybe_graph(fn, x), x
 
@@ -164,7 +166,7 @@ def bench_model(name: str, impl: str, cfg: SpeedConfig, peak: float, compile_spe
     raw = [torch.randn(shape, device=dev, generator=gen) for _ in range(cfg.sets)]
     t = time.perf_counter()
     with torch.no_grad():
-        fn, _ = _runner(net, impl, raw[0])
+        fn, _ = _runner(net, impl, raw[0], cfg.compile_mode)
         if impl == "eager-fp32":
             inputs = raw
         else:
@@ -181,6 +183,7 @@ def bench_model(name: str, impl: str, cfg: SpeedConfig, peak: float, compile_spe
             "impl": impl, "images_per_s": ips, "ms_per_image": ms / shape[0],
             "peak_fraction": 2 * gmacs * 1e9 * ips / peak, "gmacs": gmacs, "input": list(shape[1:]),
             "setup_s": setup_s, "weights": "random", "width": cfg.width, "cuda_graph": isinstance(fn, GraphRunner),
+            "compile_mode": cfg.compile_mode if impl == "compiled" else None,
             "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if impl == "eager-fp32" and dev.type == "cuda" else None}
 
 
@@ -251,7 +254,8 @@ def run_all(cfg: SpeedConfig, json_out=None, log=print) -> dict:
         work = cfg.e2e_work or __import__("tempfile").mkdtemp(prefix="nodecode-e2e-")
         res["rows"] += e2e_speed(cfg.e2e_data, work, f"c{cfg.latent_channels}", cfg.device, cfg.e2e_limit,
                                  cfg.e2e_batch, cfg.workers, cfg.classifiers, cfg.width, log, cfg.e2e_points,
-                                 "compiled" in cfg.impls, cfg.e2e_train_steps, cfg.e2e_repeat)
+                                 cfg.compile_mode if "compiled" in cfg.impls else None, cfg.e2e_train_steps,
+                                 cfg.e2e_repeat)
     if cfg.kodak:
         from nodecode.bench.codec_speed import kodak_speed
         res["codec"] = kodak_speed(cfg.kodak, f"c{cfg.latent_channels}", cfg.device, cfg.kodak_limit, cfg.cpu_images,
