@@ -62,3 +62,21 @@ def test_matched_smoke_runs_resumes_and_reports(tmp_path):
     search = _run("search", "--variants", "ls0", "--holdout-frac", "0.25", tmp=tmp_path)
     row = json.loads((tmp_path / "out" / "search.json").read_text())["search-ls0"]
     assert row["eval_on"] == "holdout-0.25" and row["recipe"]["label_smoothing"] == 0 and "| ls0 |" in search
+
+
+@needs(IMAGENETTE)
+def test_matched_ablation_arm_trains_the_decoder_shaped_front_on_the_latent(tmp_path):
+    """--arms picks the grid's arms: the ablation (g_s's architecture from scratch + ResNet-50 on the latent) runs
+    like any arm, its GMACs those of decoder + ResNet-50; an unknown arm is refused before anything runs."""
+    out = _run("run", "--arms", "latent:decoder_resnet50", tmp=tmp_path)
+    assert out.strip().splitlines()[-1] == "2 runs finished; 0 left"
+    rep = json.loads((tmp_path / "out" / "matched.json").read_text())
+    (row,) = rep["table2"]
+    from nodecode.bench.flops import model_gmacs
+    assert (row["input"], row["model"], row["seeds"]) == ("latent", "decoder_resnet50", [0, 1])
+    assert row["gmacs"] == model_gmacs("decoder_resnet50", 28, 8, 10, width=0.25)[0] > \
+        model_gmacs("resnet50", 224, 3, 10, width=0.25)[0] + 3.4
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([sys.executable, str(SCRIPT), "run", "--arms", "latent:resnet50", "--state", str(tmp_path / "x")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "--arms: each of" in p.stderr and not (tmp_path / "x").exists()

@@ -34,7 +34,7 @@ def build(name, **kw):
 
 
 def test_registry_lists_every_model():
-    assert set(list_models()) == set(CLS + SEG)
+    assert set(list_models()) == set(CLS + SEG + ["decoder_resnet50"])      # + the issue-12 ablation
     assert list_models("cresnet*_d") == ["cresnet39_d", "cresnet51_d", "cresnet72_d"]
     assert get_config("cresnet51").input == "latent" and get_config("cresnet51").input_size == (28, 28)
     assert get_config("resnet50_d").input_size == (320, 320) and get_config("cresnet39_d").input_size == (40, 40)
@@ -52,6 +52,18 @@ def test_output_shapes(name):
         assert os == (8 if name.startswith("resnet") else 1)
         assert y.shape == (2, K, x.shape[-2] // os, x.shape[-1] // os)
         assert upsample_logits(y, (17, 19)).shape == (2, K, 17, 19)
+
+
+def test_decoder_resnet50_is_the_decoder_architecture_then_resnet50():
+    """The ablation's front is g_s (same layers and shapes as the codec's decoder, its own fresh weights)."""
+    from nodecode.codec.autoencoder import Decoder
+    m, x = build("decoder_resnet50"), tiny_input("decoder_resnet50")
+    with torch.no_grad():
+        assert m(x).shape == (2, K) and m[0](x).shape == (2, 3, 8 * LAT, 8 * LAT)
+    ref = Decoder(C).state_dict()
+    assert {k: v.shape for k, v in m[0].state_dict().items()} == {k: v.shape for k, v in ref.items()}
+    assert {k: v.shape for k, v in m[1].state_dict().items()} == \
+        {k: v.shape for k, v in build("resnet50").state_dict().items()}
 
 
 def test_cresnet_conv3_does_not_downsample():

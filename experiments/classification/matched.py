@@ -27,6 +27,8 @@ from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, experi
                                   prepare_once, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
+# beyond the paper, run only when --arms names it: g_s's architecture trained from scratch + ResNet-50 on the latent
+ABLATIONS = (("latent", "decoder_resnet50"),)
 SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original RGB, judged on the held-out split
     "base": {}, "lr0.1": {"base_lr": 0.1}, "lr0.4": {"base_lr": 0.4}, "wd1e-4": {"weight_decay": 1e-4},
     "wd1e-3": {"weight_decay": 1e-3}, "ls0": {"label_smoothing": 0.0}, "ep60": {"epochs": 60},
@@ -38,7 +40,7 @@ SMOKE_CLASSES = ["n01440764", "n02102040", "n02979186"]
 def grid(a) -> list[tuple]:
     """(key, point, kind, model, width, seed) in run order: point by point (RGB rows with the first), seed by seed;
     only the keys matching one of --runs (shell patterns) when given."""
-    return matched_grid(a.points, a.widths, a.seeds, ARMS, a.runs)
+    return matched_grid(a.points, a.widths, a.seeds, a.arms, a.runs)
 
 
 def config(a, run_dir: Path, point: str, kind: str, model: str, width: float, seed: int, **extra) -> dict:
@@ -167,7 +169,7 @@ def plot_fig6(points: list[dict], path: Path) -> None:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter()); ax.xaxis.set_minor_formatter(NullFormatter())
-    plot_arms(points, ARMS, "gmacs", "top1", path, "GMACs (network only)", "val top-1 [%]", style)
+    plot_arms(points, ARMS + ABLATIONS, "gmacs", "top1", path, "GMACs (network only)", "val top-1 [%]", style)
 
 
 def stage_collect(a) -> None:
@@ -206,8 +208,15 @@ def parse(argv=None):
     ap.add_argument("--holdout-frac", type=float, default=0.1)
     ap.add_argument("--limit", type=int, default=None, help="images per class")
     ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--arms", default=None, help="input:model arms of the grid (comma separated; default: "
+                    + ",".join(f"{i}:{m}" for i, m in ARMS) + "; also " + ",".join(f"{i}:{m}" for i, m in ABLATIONS) + ")")
     ap.add_argument("--smoke", action="store_true", help="tiny end-to-end run on a CPU (seconds)")
     a = ap.parse_args(argv)
+    if a.arms:
+        a.arms = tuple(tuple(x.split(":", 1)) for x in a.arms.split(","))
+        if not set(a.arms) <= set(ARMS + ABLATIONS):
+            ap.error(f"--arms: each of {', '.join(f'{i}:{m}' for i, m in ARMS + ABLATIONS)}")
+    a.arms = a.arms or ARMS
     if a.smoke:
         a.data = str(smoke_data(Path(a.state)))
         a.cache = str(Path(a.state) / "cache")

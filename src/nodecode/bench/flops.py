@@ -47,7 +47,7 @@ def model_gmacs(name: str, size: int | tuple[int, int] | None = None, in_channel
     h, w = (size, size) if isinstance(size, int) else size
     with torch.device("meta"):
         model = create_model(name, in_channels=in_channels, num_classes=num_classes, **kw)
-    c = model.conv1.in_channels if model.root else model.layer2[0].conv1.in_channels
+    c = in_channels if in_channels is not None else cfg.in_channels
     macs = count_macs(model, (1, c, h, w))
     return macs / 1e9, f"{h}x{w}x{c} {cfg.input}"
 

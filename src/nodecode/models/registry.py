@@ -147,6 +147,15 @@ def cresnet72(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
     return _latent([4, 17, 3], False, in_channels, num_classes, kw)
 
 
+# Ablation beyond the paper (issue 12): the decoded-RGB arm's depth on the latent without the codec's decoder weights.
+@register_model(input="latent", output_stride=4)
+def decoder_resnet50(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
+    """g_s's architecture (App. A.1, full width, trained from scratch with the rest) in front of ResNet-50 (`width`
+    applies to the ResNet): is the decoded arm's edge the decoder's learned weights or its extra depth?"""
+    from nodecode.codec.autoencoder import Decoder
+    return nn.Sequential(Decoder(in_channels), _rgb([3, 4, 6, 3], False, 3, num_classes, kw))
+
+
 # Segmentation networks, §5.1: atrous conv4_x/conv5_x (dilation 2/4) and an ASPP head.
 @register_model(input="rgb", task="segmentation", output_stride=8)
 def resnet50_d(in_channels=3, num_classes=21, **kw):
