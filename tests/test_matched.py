@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import IMAGENETTE, needs, rerun_after_losing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +22,7 @@ def _run(*args, tmp):
     return p.stdout
 
 
-def _check_bundle_candidate(tmp_path, row):
+def _check_bundle_candidate(tmp_path, row, monkeypatch):
     """The seed-0 run of the bundled classifier's point / architecture / width comes back as its fp16 candidate,
     the run's weights rounded to fp16, with its val top-1 in the header."""
     import torch
@@ -36,6 +38,16 @@ def _check_bundle_candidate(tmp_path, row):
     assert meta["width"] == 0.25 and meta["codec"] == "c8"
     for (k, a), b in zip(got.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(a, b.half().float()) if a.is_floating_point() else torch.equal(a, b), k
+    import shutil                                   # and it is what `python -m nodecode.zoo import-legacy` bundles
+    from nodecode.zoo.__main__ import import_legacy
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(zoo.WEIGHTS_DIR / "c8.safetensors", weights)
+    (weights / "zoo.json").write_text(json.dumps({"c8": json.loads(zoo.index()["c8"].to_json())}))
+    monkeypatch.setattr(zoo, "WEIGHTS_DIR", weights)
+    cfg = import_legacy(path, "classifier-c8")
+    assert cfg.metrics == {"val_top1": row["val"]["top1"]} and cfg.fingerprint == zoo.index()["c8"].fingerprint
+    assert cfg.width == 0.25 and zoo.read_cfg(weights / "classifier-c8.safetensors") == cfg
 
 
 @needs(IMAGENETTE)
@@ -52,7 +64,8 @@ def test_matched_smoke_runs_resumes_and_reports(tmp_path):
     assert {(r["input"], r["model"]) for r in rep["fig6"]} == {("decoded", "resnet50"), ("latent", "cresnet51"),
                                                                ("latent", "cresnet39"), ("rgb", "resnet50")}
     assert "| c8 | 0.25 | latent | cresnet51 |" in out
-    _check_bundle_candidate(tmp_path, runs["c8-latent-cresnet51-w0.25-s0"])
+    with pytest.MonkeyPatch.context() as mp:
+        _check_bundle_candidate(tmp_path, runs["c8-latent-cresnet51-w0.25-s0"], mp)
     again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train
     assert "start " not in again and again.strip().endswith("8 runs finished; 0 left")
     assert "bundle candidate" not in again                             # written once
