@@ -94,9 +94,8 @@ def _packed_here(shard, model, batch: int, t: dict):
         a = time.perf_counter()
         part = next(parts, None)
         t["read_s"] += time.perf_counter() - a
-        if part is not None:
-            pending += part
-        while len(pending) >= batch or (part is None and pending):
+        pending += part or []
+        while pending and (len(pending) >= batch or part is None):
             a = time.perf_counter()
             now, pending = pending[:batch], pending[batch:]
             p = pack_files([s.ndc for s in now], model)

@@ -102,6 +102,15 @@ def _pax_path(data: bytes) -> str | None:
     return path
 
 
+def _octal_digits(f: np.ndarray) -> np.ndarray:
+    """The octal number the digits of each row of (n, width) header fields spell, other bytes skipped."""
+    value = np.zeros(len(f), np.int64)
+    for j in range(f.shape[1]):
+        digit = (f[:, j] >= 48) & (f[:, j] <= 55)
+        value = np.where(digit, value * 8 + f[:, j].astype(np.int64) - 48, value)
+    return value
+
+
 def _check_headers(buf: bytes, heads: list[int], where: str, blocks: np.ndarray | None = None) -> None:
     """Every tar header's checksum (bytes summed with the checksum field as spaces), all headers in one numpy pass
     (`blocks`: the header blocks when the caller has them gathered already)."""
@@ -112,11 +121,7 @@ def _check_headers(buf: bytes, heads: list[int], where: str, blocks: np.ndarray 
         blocks = arr[np.asarray(heads, np.int64) // 512]          # headers sit on 512-byte blocks
     field = blocks[:, 148:156].astype(np.int64)
     got = blocks.sum(1, dtype=np.uint32).astype(np.int64) - field.sum(1) + 8 * 32     # 512 * 255 fits 32 bits
-    stored = np.zeros(len(heads), np.int64)        # the octal field (leading spaces, then digits, then NUL / space)
-    for j in range(8):
-        digit = (field[:, j] >= 48) & (field[:, j] <= 55)
-        stored = np.where(digit, stored * 8 + field[:, j] - 48, stored)
-    bad = np.flatnonzero(got != stored)
+    bad = np.flatnonzero(got != _octal_digits(field))   # the field: leading spaces, then digits, then NUL / space
     if len(bad):
         raise NodecodeError(f"{where}: corrupt tar header at byte {heads[bad[0]]}")
 
@@ -163,12 +168,7 @@ def _fields_octal(f: np.ndarray) -> np.ndarray | None:
     last = np.where(digit.any(1), f.shape[1] - 1 - digit[:, ::-1].argmax(1), -1)
     ok = np.where(pos < first[:, None], f == 32,
                   np.where(pos > last[:, None], (f == 0) | (f == 32), digit))
-    if not ok.all():
-        return None
-    value = np.zeros(len(f), np.int64)
-    for j in range(f.shape[1]):
-        value = np.where(digit[:, j], value * 8 + f[:, j] - 48, value)
-    return value
+    return _octal_digits(f) if ok.all() else None
 
 
 def _header_candidates(buf: bytes) -> tuple[np.ndarray, np.ndarray] | None:
