@@ -162,12 +162,13 @@ def table(done: dict) -> str:
     rows = []
     for r in done.get("e2e", {}).get("rows", []):
         if "skipped" in r:
-            rows.append([r["path"], r.get("model", "-"), r.get("impl", "-"), f"skipped: {r['skipped']}", "-", "-"])
+            rows.append([r["path"], r.get("model", "-"), r.get("impl", "-"), f"skipped: {r['skipped']}", "-", "-", "-"])
             continue
-        top1 = r.get("top1")
+        top1, start = r.get("top1"), r.get("first_launch_s")
         rows.append([r["path"], r["model"], r["impl"], f"{r['images_per_s']:.0f}",
-                     f"{r['bpp']:.3f}" if "bpp" in r else "-", f"{100 * top1:.1f}" if top1 is not None else "-"])
-    lines.append(markdown_table(["row", "model", "impl", "img/s", "bpp", "top-1"], rows, "lllrrr"))
+                     f"{r['bpp']:.3f}" if "bpp" in r else "-", f"{100 * top1:.1f}" if top1 is not None else "-",
+                     f"{1e3 * start:.0f}" if start is not None else "-"])
+    lines.append(markdown_table(["row", "model", "impl", "img/s", "bpp", "top-1", "first batch ms"], rows, "lllrrrr"))
     lines += [f"FAILED {k}: {v}" for k, v in done.get("failed", {}).items()]
     return "\n".join(lines)
 

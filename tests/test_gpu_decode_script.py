@@ -1,0 +1,34 @@
+"""experiments/speed/gpu_decode.py end to end on a CPU (--smoke): every stage runs or says why not, the JSON is
+resumable, and the table carries each row's idle start (first_launch_s)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import IMAGENETTE, needs
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "speed" / "gpu_decode.py"
+
+
+def _run(out):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([sys.executable, str(SCRIPT), "run", str(IMAGENETTE / "val"), "--out", str(out), "--smoke",
+                        "--compile-mode", "max-autotune-no-cudagraphs"], capture_output=True, text=True, env=env,
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    return p.stdout
+
+
+@needs(IMAGENETTE)
+def test_gpu_decode_smoke_runs_every_stage_and_resumes(tmp_path):
+    out = _run(tmp_path)
+    done = json.loads((tmp_path / "gpu_decode.json").read_text())
+    assert done["finished"] and done["failed"] == {} and done["e2e"]["compile_mode"] == "max-autotune-no-cudagraphs"
+    assert all(done["bitexact"][p]["identical"] == done["bitexact"][p]["files"] > 0 for p in ("c8", "c16"))
+    shard_rows = [r for r in done["e2e"]["rows"] if r.get("path", "").startswith("e2e-ndc-c8-shard")]
+    assert shard_rows and all(0 < r["first_launch_s"] < r["seconds"] and r["corrupt"] == 0 for r in shard_rows)
+    assert "| first batch ms |" in out and "skipped: nvJPEG needs CUDA" in out
+    again = _run(tmp_path)                                 # resumed: every stage is in the JSON already
+    assert json.loads((tmp_path / "gpu_decode.json").read_text())["e2e"] == done["e2e"] and "| first batch ms |" in again
