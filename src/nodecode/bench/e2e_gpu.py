@@ -50,9 +50,7 @@ class PinnedRing:
 def read_packed(shard: str, model, batch: int) -> list[tuple]:
     """A shard read and cut into packed batches, [(Packed, the batch's keys)]: the host side of the .ndc path, run
     in a reader process when there are several (its result is one pickled message per shard)."""
-    samples = read_shard(shard)
-    return [(pack_files([s.ndc for s in samples[i: i + batch]], model), [s.key for s in samples[i: i + batch]])
-            for i in range(0, len(samples), batch)]
+    return list(_packed_here(shard, model, batch, dict.fromkeys(("read_s", "parse_s"), 0.0)))
 
 
 def ndc_shard_pass(shards, dec, infer, batch: int, pipelined: bool, pool=None) -> dict:
