@@ -169,3 +169,28 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())["points"]["c8"]
     assert summary["joint_ft_g0.01"]["seeds"] == 1 and summary["joint_ft_g0.01"]["top1_std"] == 0
     assert "| c8 | joint_ft_g0.01 |" in (tmp_path / "results" / "summary.md").read_text()
+
+
+def test_experiment_parallel_runs_one_process_per_point_and_seed(tmp_path, monkeypatch):
+    """experiments/joint/run.py run --parallel: one job per point and seed, all at once over the GPUs, each with its
+    own --out / --cache / --work and the one seed it runs; the γ list passes on as given."""
+    import sys
+    from conftest import load_script
+    script = load_script("experiments/joint/run.py")
+    seen = {}
+    monkeypatch.setattr(script, "visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr(script, "run_jobs", lambda jobs, per_gpu, log_dir: seen.update(jobs=dict(jobs), per_gpu=per_gpu)
+                        or {name: 0 for name, _ in jobs})
+    out, work, cache = tmp_path / "out", tmp_path / "work", tmp_path / "cache"
+    monkeypatch.setattr(sys, "argv", ["run.py", "run", "--parallel", "--points", "c8,c32", "--seeds", "3",
+                                      "--out", str(out), "--work", str(work), "--cache", str(cache),
+                                      "--gammas", "0.001,0.003", "--recipe", "imagenette"])
+    script.main()
+    assert sorted(seen["jobs"]) == [f"joint-{p}-s{s}" for p in ("c32", "c8") for s in range(3)]
+    assert seen["per_gpu"] == 3                                       # six jobs on two GPUs: all at once
+    argv = seen["jobs"]["joint-c32-s1"]
+    flag = lambda name: argv[argv.index(name) + 1]                   # noqa: E731
+    assert (flag("--points"), flag("--first-seed"), flag("--seeds")) == ("c32", "1", "2")
+    assert (flag("--out"), flag("--cache"), flag("--work")) == (f"{out}-c32-s1", f"{cache}-c32-s1", f"{work}-s1")
+    assert flag("--gammas") == "0.001,0.003" and flag("--recipe") == "imagenette" and "--parallel" not in argv
+    assert argv.count("--seeds") == argv.count("--out") == 1

@@ -11,9 +11,10 @@
            experiments/classification/matched.py, with its batch, epochs and augmentation through the codec; the more
            epochs run a cosine from a tenth of its lr). --cls-pattern: where a point's (and seed's) baseline is, e.g.
            /root/matched/runs/{point}-latent-cresnet51-w1-s{seed}: with {seed} each seed fine-tunes its own baseline
-           (measured per seed; one the pattern does not find is trained here with --recipe and that seed). --gammas: the γ ablation of Eq. 2 (γ weighs MSE + β·rate against the cross-entropy):
-           each γ other than JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control
-           rows are shared).
+           (measured per seed; one the pattern does not find is trained here with --recipe and that seed).
+           --parallel: one process per point and seed at once, over the GPUs (each seed its own control codec).
+           --gammas: the γ ablation of Eq. 2 (γ weighs MSE + β·rate against the cross-entropy): each γ other than
+           JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control rows are shared).
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ from functools import partial
 from pathlib import Path
 
 from nodecode.experiments import (ROOT, Budget, Runs, device_name, experiment_parser, finished, load_runs,
-                                  markdown_table, pyplot, python_argv, run_jobs, save_figure)
+                                  markdown_table, pyplot, python_argv, run_jobs, save_figure, visible_gpus)
 
 PAPER_BPP = {"c8": 0.0983, "c32": 0.635}
 ROWS = ("baseline", "compression_ft", "joint_ft")
@@ -179,15 +180,16 @@ def more_epochs_kw(a) -> dict:
 
 def run(a) -> None:
     points = a.points.split(",")
-    if a.parallel:   # one process per point (one point too), each with its own runs.json and cache
-        codes = run_jobs([(f"joint-{p}", python_argv(__file__, "run", *point_args(a, p))) for p in points],
-                         per_gpu=len(points), log_dir=Path(a.out) / "logs")
+    if a.parallel:   # one process per point and seed, all at once, spread over the GPUs
+        jobs = [(f"joint-{p}-s{s}", python_argv(__file__, "run", *point_args(a, p, s)))
+                for p in points for s in range(a.first_seed, a.seeds)]
+        codes = run_jobs(jobs, per_gpu=-(-len(jobs) // max(1, len(visible_gpus()))), log_dir=Path(a.out) / "logs")
         print(f"exit codes: {codes}; logs in {Path(a.out) / 'logs'}")
         return
     runs, budget = Runs(Path(a.out) / "runs.json"), Budget(a.budget_minutes)
     stage = partial(runs.stage, budget=budget, reserve=0.75)
     print(f"device: {device_name()}", flush=True)
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.seeds):
         if not all(run_point(stage, Path(a.out), a, point, seed) for point in points):
             break
     f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
@@ -199,15 +201,18 @@ def run(a) -> None:
     print(f"total wall this call: {budget.elapsed():.2f} min")
 
 
-def point_args(a, point: str) -> list[str]:
-    """This call's flags for a one-point process of --parallel: its own --out and --cache."""
-    skip = {"stage", "points", "parallel", "out", "cache", "runs_json", "results"}
+def point_args(a, point: str, seed: int) -> list[str]:
+    """This call's flags for a one-point, one-seed process of --parallel: its own --out, --cache and --work (so
+    each seed fine-tunes its own control codec, `ft`, where one process shares one among its seeds)."""
+    skip = {"stage", "points", "parallel", "out", "cache", "work", "runs_json", "results", "first_seed", "seeds"}
     flags = []
     for k, v in vars(a).items():
         if k in skip or v is None or v is False:
             continue
         flags += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
-    return flags + ["--points", point, "--out", f"{a.out}-{point}", "--cache", f"{a.cache}-{point}"]
+    tag = f"{point}-s{seed}"
+    return flags + ["--points", point, "--first-seed", str(seed), "--seeds", str(seed + 1), "--out", f"{a.out}-{tag}",
+                    "--cache", f"{a.cache}-{tag}", "--work", f"{a.work}-s{seed}"]
 
 
 def collect(a) -> None:
@@ -310,7 +315,8 @@ def main():
     ap.add_argument("--runs-json", nargs="+", default=[str(ROOT / "results" / "joint" / f"runs-{p}.json") for p in ("c8", "c32")],
                     help="collect: input(s), merged")
     ap.add_argument("--points", default="c8,c32")
-    ap.add_argument("--seeds", type=int, default=1)
+    ap.add_argument("--seeds", type=int, default=1, help="run seeds --first-seed .. SEEDS-1")
+    ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--epochs", type=float, default=9, help="joint / codec-only fine-tune epochs (App. A.8)")
     ap.add_argument("--scratch-epochs", type=int, default=None,
                     help="control cResNet-51 from scratch (§4.4) and a baseline trained here (default: the recipe's: "
@@ -327,8 +333,9 @@ def main():
     ap.add_argument("--seg-iters", type=int, default=None, help="segmentation iterations (default: App. A.5 scaled, 694)")
     ap.add_argument("--seg-batch-size", type=int, default=None, help="default: App. A.5's 10 (smaller for smoke tests)")
     ap.add_argument("--parallel", action="store_true",
-                    help="run: one process per point side by side on the visible GPU(s), each with --out/--cache "
-                         "suffixed -POINT (collect those runs.json files with --runs-json)")
+                    help="run: one process per point and seed side by side on the visible GPU(s), each with "
+                         "--out/--cache suffixed -POINT-sSEED, --work -sSEED (collect those runs.json files with "
+                         "--runs-json)")
     a = ap.parse_args()
     if a.stage == "run":
         from nodecode.tasks.recipe import get_recipe
