@@ -93,3 +93,27 @@ def test_matched_ablation_arm_trains_the_decoder_shaped_front_on_the_latent(tmp_
     p = subprocess.run([sys.executable, str(SCRIPT), "run", "--arms", "latent:resnet50", "--state", str(tmp_path / "x")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 2 and "--arms: each of" in p.stderr and not (tmp_path / "x").exists()
+
+
+def test_repeats_pool_every_run_of_the_arms_that_were_run_again(tmp_path):
+    """matched.py collect --reruns: an arm re-run at the table's seeds gets every run pooled (the table's and the
+    repeats'), keyed apart so that the same key twice counts twice; arms not re-run stay out."""
+    from conftest import load_script
+    matched = load_script("experiments/classification/matched.py")
+
+    def row(model, kind, seed, top1, point="c8"):
+        return {"point": point, "input": kind, "model": model, "width": 0.25, "seed": seed,
+                "val": {"top1": top1, "top5": 0.98}, "device": "H200"}
+    table = {"c8-latent-cresnet51-w0.25-s0": row("cresnet51", "latent", 0, 0.80),
+             "c8-latent-cresnet51-w0.25-s1": row("cresnet51", "latent", 1, 0.82),
+             "c8-decoded-resnet50-w0.25-s0": row("resnet50", "decoded", 0, 0.85),
+             "c32-latent-cresnet51-w0.25-s0": row("cresnet51", "latent", 0, 0.87, "c32")}
+    again = tmp_path / "reruns.json"
+    again.write_text(json.dumps({"c8-latent-cresnet51-w0.25-s0": row("cresnet51", "latent", 0, 0.84),
+                                 "c8-decoded-resnet50-w0.25-s0": row("resnet50", "decoded", 0, 0.87)}))
+    rows, md = matched.repeats(table, [str(again)])
+    by = {(r["point"], r["input"]): r for r in rows}
+    assert set(by) == {("c8", "latent"), ("c8", "decoded")}                 # c32 was not re-run
+    assert by["c8", "latent"]["seeds"] == [0, 0, 1] and by["c8", "latent"]["top1"] == pytest.approx(82.0)
+    assert by["c8", "decoded"]["top1"] == pytest.approx(86.0) and by["c8", "decoded"]["top1_std"] == pytest.approx(1.0)
+    assert "| runs |" in md.splitlines()[0] and "| -4.00 |" in md

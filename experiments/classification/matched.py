@@ -10,7 +10,8 @@ runs.json row in RUN/result.json; the parent alone writes runs.json.
   run      the grid, resumably: finished runs in STATE/runs.json (merged with --done), run folders in STATE/runs;
            writes runs.json, matched.json (Table 2 rows with mean ± std, Fig. 6 points) and matched.md to --out
   search   recipe search for ResNet-50 on original RGB on a held-out 10% of train (never val): variants of the recipe
-  collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done) into results/classification/matched/
+  collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done) into results/classification/matched/; with
+           --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled
   bench    the augmentation's cost (img/s of crop + encode / + decode) on this device, to --out/bench.json
 --smoke: a few Imagenette images per class at 64 px, one width, one point, two seeds, one epoch: seconds on a CPU.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, experiment_parser, export_bundled, grid_job,
                                   grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
-                                  prepare_once, run_grid, split_grid_args, todo_points)
+                                  prepare_once, read_json, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture trained from scratch + ResNet-50 on the latent
@@ -123,8 +124,9 @@ def stage_search(a) -> None:
                            f"{r['minutes']:.1f}") for r in rows], align="llrr"))
 
 
-def table(rows: dict) -> tuple[list[dict], str]:
-    """Table 2 at matched width (mean ± std over seeds) with GMACs (bench.flops), and its Markdown."""
+def table(rows: dict, count: str = "seeds") -> tuple[list[dict], str]:
+    """Table 2 at matched width (mean ± std over seeds) with GMACs (bench.flops), and its Markdown (`count`: the
+    header of the runs-per-row column)."""
     from nodecode.bench.flops import codec_rows, model_gmacs
     dec = {int(r["model"].split("=")[1].rstrip(")")): r["gmacs"] for r in codec_rows() if r["model"].startswith("decoder")}
     out = []
@@ -144,7 +146,7 @@ def table(rows: dict) -> tuple[list[dict], str]:
         cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], f"{r['top1']:.2f} ± {r['top1_std']:.2f}",
                       f"{r['top5']:.2f} ± {r['top5_std']:.2f}", len(r["seeds"]), f"{r['gmacs']:.2f}",
                       "–" if d is None else f"{r['top1'] - d:+.2f}"))
-    return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", "seeds", "GMACs",
+    return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", count, "GMACs",
                                 "Δ top-1 vs decoded"], cells, align="lrllrrrrr")
 
 
@@ -172,8 +174,25 @@ def plot_fig6(points: list[dict], path: Path) -> None:
     plot_arms(points, ARMS + ABLATIONS, "gmacs", "top1", path, "GMACs (network only)", "val top-1 [%]", style)
 
 
+def repeats(done: dict, reruns: list[str]) -> tuple[list[dict], str]:
+    """The arms that were re-run at the same seeds (--reruns: runs.json files of repeats, e.g. from another machine),
+    every run of each pooled: the table's and the repeats' (mean ± std over all; GPU non-determinism included)."""
+    files = [done] + [read_json(p) for p in reruns]
+    arm = lambda r: (r["point"], r["input"], r["model"], r["width"])     # noqa: E731
+    again = {arm(r) for f in files[1:] for r in f.values()}
+    pooled = {f"{k}#{i}": r for i, f in enumerate(files) for k, r in f.items() if arm(r) in again}
+    return table(pooled, count="runs")
+
+
 def stage_collect(a) -> None:
-    report(a, Runs(Path(a.done)), ROOT / "results" / "classification" / "matched", plot=True)
+    res = ROOT / "results" / "classification" / "matched"
+    report(a, Runs(Path(a.done)), res, plot=True)
+    if a.reruns:
+        rows, md = repeats(read_json(a.done), a.reruns)
+        (res / "repeats.json").write_text(json.dumps({"reruns": [Path(p).name for p in a.reruns], "rows": rows},
+                                                     indent=1) + "\n")
+        (res / "repeats.md").write_text(md + "\n")
+        print(f"\nrepeats (the table's runs and {len(a.reruns)} re-run file(s), pooled):\n{md}")
 
 
 def stage_bench(a) -> None:
@@ -206,6 +225,8 @@ def parse(argv=None):
     ap.add_argument("--recipe", default="imagenette", help="tasks.recipe name, the same for every arm")
     ap.add_argument("--variants", default=None, help="search: only these variants (comma separated)")
     ap.add_argument("--holdout-frac", type=float, default=0.1)
+    ap.add_argument("--reruns", nargs="+", default=None,
+                    help="collect: runs.json files of runs repeated at the table's seeds, pooled into repeats.md")
     ap.add_argument("--limit", type=int, default=None, help="images per class")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--arms", default=None, help="input:model arms of the grid (comma separated; default: "
