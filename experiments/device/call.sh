@@ -3,12 +3,19 @@
 # dataset shards into /root/data, run the named stages in order under one time budget (each stage resumes from
 # its state under /root and stops cleanly before the budget), then pack /root/results into $OUT/results.tar.
 #   BUDGET_MIN=9 bash experiments/device/call.sh cls seg speed joint
+# KEEP_RUNS (shell patterns of matched runs) returns those runs for the next machine: experiments/device/keep.py
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 mkdir -p /root/data /root/results/logs
-for t in .device-data/*.tar; do [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"; done
+# finished runs kept from an earlier machine (keep.py pack, KEEP_RUNS below) go back into the grid's state
+keep=(.device-data/keep-matched-*.tar)
+[ -f "${keep[0]}" ] && python3 experiments/device/keep.py unpack /root/matched "${keep[@]}"
+for t in .device-data/*.tar; do
+  case $t in */keep-*) continue ;; esac
+  [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"
+done
 end=$(python3 -c "import time; print(time.time() + 60 * ${BUDGET_MIN:-9})")
 left() { python3 -c "import time; print(f'{($end - time.time()) / 60:.2f}')"; }
 n=$(ls /root/results/logs | wc -l)
@@ -42,4 +49,7 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 # that results.tar stays under the 16 MiB a returned file may have
 tar --exclude='*/bundled/*.safetensors' -cf "$OUT/results.tar" -C /root results
 for w in /root/results/*/bundled/*.safetensors; do [ -f "$w" ] && cp "$w" "$OUT/"; done
+# KEEP_RUNS="c8-*-w0.25-*,...": those finished matched runs (fp16) come back as keep-matched-NNN.tar, to be carried
+# (under .device-data/) into the next machine's first call if this one is lost
+[ -n "${KEEP_RUNS:-}" ] && python3 experiments/device/keep.py pack /root/matched "$KEEP_RUNS" "$OUT"
 ls -la "$OUT"
