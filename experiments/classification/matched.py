@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, experiment_parser, export_bundled, grid_job,
-                                  grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
-                                  prepare_once, read_json, run_grid, split_grid_args, todo_points)
+from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, experiment_parser, export_bundled,
+                                  grid_job, grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides,
+                                  plot_arms, prepare_once, read_json, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture trained from scratch + ResNet-50 on the latent
@@ -178,7 +178,6 @@ def repeats(done: dict, reruns: list[str]) -> tuple[list[dict], str]:
     """The arms that were re-run at the same seeds (--reruns: runs.json files of repeats, e.g. from another machine),
     every run of each pooled: the table's and the repeats' (mean ± std over all; GPU non-determinism included)."""
     files = [done] + [read_json(p) for p in reruns]
-    arm = lambda r: (r["point"], r["input"], r["model"], r["width"])     # noqa: E731
     again = {arm(r) for f in files[1:] for r in f.values()}
     pooled = {f"{k}#{i}": r for i, f in enumerate(files) for k, r in f.items() if arm(r) in again}
     return table(pooled, count="runs")

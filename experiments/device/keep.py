@@ -33,7 +33,7 @@ def pack(state: Path, patterns: str, out: Path, max_mib: float = 15.0) -> list[P
     runs = read_json(state / "runs.json", {})
     keys = [k for k in sorted(runs) if any(fnmatch.fnmatch(k, p) for p in patterns.split(","))
             and (state / "runs" / k / WEIGHTS).exists()]
-    written, tar, size = [], None, 0.0
+    written, kept, tar, size = [], 0, None, 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
             d = Path(tmp) / key
@@ -50,9 +50,9 @@ def pack(state: Path, patterns: str, out: Path, max_mib: float = 15.0) -> list[P
                 written.append(out / f"keep-{state.name}-{len(written):03d}.tar")
                 tar, size = tarfile.open(written[-1].with_suffix(".part"), "w"), 0.0
             tar.add(d, arcname=key)
-            size += mib
+            size, kept = size + mib, kept + 1
         close(tar, written)
-    print(f"kept {len(keys)} runs of {state} in {len(written)} file(s): {', '.join(p.name for p in written)}")
+    print(f"kept {kept} runs of {state} in {len(written)} file(s): {', '.join(p.name for p in written)}")
     return written
 
 
@@ -70,13 +70,14 @@ def unpack(state: Path, tars: list[Path]) -> list[str]:
     for t in tars:
         try:
             with tarfile.open(t, "r:") as tar:
-                tar.extractall(state / "runs", filter="data")
-                keys = sorted({Path(m.name).parts[0] for m in tar.getmembers()})
+                new = [m for m in tar.getmembers() if Path(m.name).parts[0] not in runs]
+                tar.extractall(state / "runs", members=new, filter="data")
+                keys = sorted({Path(m.name).parts[0] for m in new})
         except (OSError, tarfile.TarError) as e:
             raise NodecodeError(f"{t}: not a keep archive ({' '.join(str(e).split())})") from e
         for key in keys:
             row = state / "runs" / key / "row.json"
-            if key not in runs and row.exists():
+            if row.exists():
                 runs[key] = json.loads(row.read_text())
                 restored.append(key)
     write_json(state / "runs.json", runs)

@@ -389,12 +389,17 @@ def prepare_once(script: str | Path, cfg: dict) -> None:
                    env={**os.environ, **({"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus else {})})
 
 
+def arm(row: dict) -> tuple:
+    """A grid row's arm: (point, input, model, width), what its seeds share."""
+    return row["point"], row["input"], row["model"], row["width"]
+
+
 def group_arms(rows: Mapping[str, dict]) -> list[tuple[tuple, list[dict]]]:
-    """Rows grouped over seeds by (point, input, model, width), in table order: RGB first, then by point, width,
+    """Rows grouped over seeds by arm (point, input, model, width), in table order: RGB first, then by point, width,
     input, model."""
     groups: dict = {}
     for r in rows.values():
-        groups.setdefault((r["point"], r["input"], r["model"], r["width"]), []).append(r)
+        groups.setdefault(arm(r), []).append(r)
     return sorted(groups.items(), key=lambda kv: (POINT_ORDER.index(kv[0][0]) if kv[0][0] in POINT_ORDER else -1,
                                                   kv[0][3], kv[0][1], kv[0][2]))
 
