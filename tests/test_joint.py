@@ -173,7 +173,7 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
 
 def test_experiment_parallel_runs_one_process_per_point_and_seed(tmp_path, monkeypatch):
     """experiments/joint/run.py run --parallel: one job per point and seed, all at once over the GPUs, each with its
-    own --out / --cache / --work and the one seed it runs; the γ list passes on as given."""
+    own --out / --work, the shared --cache and the one seed it runs; the γ list passes on as given."""
     import sys
     from conftest import load_script
     script = load_script("experiments/joint/run.py")
@@ -191,6 +191,6 @@ def test_experiment_parallel_runs_one_process_per_point_and_seed(tmp_path, monke
     argv = seen["jobs"]["joint-c32-s1"]
     flag = lambda name: argv[argv.index(name) + 1]                   # noqa: E731
     assert (flag("--points"), flag("--first-seed"), flag("--seeds")) == ("c32", "1", "2")
-    assert (flag("--out"), flag("--cache"), flag("--work")) == (f"{out}-c32-s1", f"{cache}-c32-s1", f"{work}-s1")
+    assert (flag("--out"), flag("--cache"), flag("--work")) == (f"{out}-c32-s1", str(cache), f"{work}-s1")
     assert flag("--gammas") == "0.001,0.003" and flag("--recipe") == "imagenette" and "--parallel" not in argv
     assert argv.count("--seeds") == argv.count("--out") == 1

@@ -5,7 +5,9 @@
 #   BUDGET_MIN=9 bash experiments/device/call.sh cls seg speed joint
 # KEEP_RUNS (shell patterns of matched runs) returns those runs for the next machine: experiments/device/keep.py
 set -u
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+# once per machine (two call.sh side by side must not both write /tmp/site)
+PYTHONPATH=/tmp/site python3 -c "import constriction, pytorch_msssim" 2>/dev/null \
+  || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   || { echo "wheel install failed"; exit 1; }
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 mkdir -p /root/data /root/results/logs

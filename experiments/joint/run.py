@@ -12,7 +12,8 @@
            epochs run a cosine from a tenth of its lr). --cls-pattern: where a point's (and seed's) baseline is, e.g.
            /root/matched/runs/{point}-latent-cresnet51-w1-s{seed}: with {seed} each seed fine-tunes its own baseline
            (measured per seed; one the pattern does not find is trained here with --recipe and that seed).
-           --parallel: one process per point and seed at once, over the GPUs (each seed its own control codec).
+           --parallel: one process per point and seed at once, over the GPUs (each seed its own control codec; one
+           shared cache).
            --gammas: the γ ablation of Eq. 2 (γ weighs MSE + β·rate against the cross-entropy): each γ other than
            JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control rows are shared).
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
@@ -202,9 +203,10 @@ def run(a) -> None:
 
 
 def point_args(a, point: str, seed: int) -> list[str]:
-    """This call's flags for a one-point, one-seed process of --parallel: its own --out, --cache and --work (so
-    each seed fine-tunes its own control codec, `ft`, where one process shares one among its seeds)."""
-    skip = {"stage", "points", "parallel", "out", "cache", "work", "runs_json", "results", "first_seed", "seeds"}
+    """This call's flags for a one-point, one-seed process of --parallel: its own --out and --work (so each seed
+    fine-tunes its own control codec, `ft`, where one process shares one among its seeds); the decode-once --cache is
+    shared (written atomically: the RGB and latent arrays that matched.py's prepare filled are read, not rebuilt)."""
+    skip = {"stage", "points", "parallel", "out", "work", "runs_json", "results", "first_seed", "seeds"}
     flags = []
     for k, v in vars(a).items():
         if k in skip or v is None or v is False:
@@ -212,7 +214,7 @@ def point_args(a, point: str, seed: int) -> list[str]:
         flags += [f"--{k.replace('_', '-')}"] + ([] if v is True else [str(v)])
     tag = f"{point}-s{seed}"
     return flags + ["--points", point, "--first-seed", str(seed), "--seeds", str(seed + 1), "--out", f"{a.out}-{tag}",
-                    "--cache", f"{a.cache}-{tag}", "--work", f"{a.work}-s{seed}"]
+                    "--work", f"{a.work}-s{seed}"]
 
 
 def collect(a) -> None:
