@@ -1,6 +1,7 @@
 """Issue 12: augmentation through the codec, the recipes, the held-out split of train."""
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -95,6 +96,8 @@ def test_recipes_and_weight_decay_on_weights_only():
     assert (new.epochs, new.batch_size, new.lr(), new.weight_decay, new.label_smoothing, new.augment) == \
         (10, 128, 0.2, 5e-4, 0.1, "codec") and new.nesterov
     assert new.lr_factor(0, 10) == pytest.approx(0.05) and new.lr_factor(19, 10) == 1      # 2-epoch warm-up
+    won = ClassifierTrainConfig(data="d", out="o", recipe="imagenette60").recipe_values()   # the search's winner
+    assert won.epochs == 60 and replace(won, epochs=40) == RECIPES["imagenette"]
     assert new.lr_factor(20 + 40, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     model = create_model("resnet50", in_channels=3, num_classes=3, width=0.125)
     decay, rest = param_groups(model, 5e-4)

@@ -1,5 +1,6 @@
 """Joint training (§6, Eq. 2, App. A.8): the loss value, CE gradients reaching the encoder, resume, the control."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from nodecode.models import create_model
 from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, save_classifier, train_classifier
 from nodecode.tasks.joint import JointModel, JointTrainConfig, joint_loss, train_joint
 
-from conftest import IMAGENETTE, imagenette_subset, needs
+from conftest import CAMVID, IMAGENETTE, imagenette_subset, needs
 
 CLASSES = ["n01440764", "n02102040", "n03000684"]
 PER_SPLIT = {"train": 2, "val": 1}
@@ -123,11 +124,13 @@ def test_control_pipeline_codec_only_then_scratch_then_nine_more(folder, tmp_pat
 
 
 @needs(IMAGENETTE)
+@needs(CAMVID)
 def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, kodak_crop, tmp_path, monkeypatch,
                                                                         capsys):
     """experiments/joint/run.py end to end on a CPU: the baseline found by --cls-pattern (per seed), the control's
     classifiers under --recipe imagenette (augmentation through the codec), a second γ's joint_ft_g row with its
-    measurements; a second call retrains nothing; collect tabulates the γ row."""
+    measurements, the §6.1 segmenters at the backbones' width (not --width's); a second call retrains nothing;
+    collect tabulates the γ row and the mIoU column."""
     import sys
     from nodecode.data.images import save_image
     from conftest import load_script
@@ -139,7 +142,8 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
             "--work", str(tmp_path / "work"), "--out", str(out), "--points", "c8", "--seeds", "1",
             "--recipe", "imagenette", "--cls-pattern", str(tmp_path / "matched" / "{point}-latent-cresnet51-w1-s{seed}"),
             "--gammas", "0.001,0.01", "--epochs", str(1 / 6), "--batch-size", "1", "--scratch-epochs", "1",
-            "--more-epochs", "1", "--cls-batch-size", "3", "--image-size", "64", "--budget-minutes", "30"]
+            "--more-epochs", "1", "--cls-batch-size", "3", "--image-size", "64", "--budget-minutes", "30",
+            "--segmentation", "--camvid", str(CAMVID), "--seg-iters", "1", "--seg-batch-size", "1", "--limit", "2"]
     script = load_script("experiments/joint/run.py")
     monkeypatch.setattr(sys, "argv", argv)
     script.main()
@@ -159,6 +163,9 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     g = runs["c8/measure/joint_ft_g0.01-s0"]
     assert {"bpp", "psnr", "ssim", "ms_ssim"} <= set(g["kodak"]) and 0 <= g["top1"] <= 1
     assert g["codec"].endswith("joint-g0.01-s0/codec.safetensors")
+    for row in ("baseline", "compression_ft", "joint_ft"):          # a width-0.0625 backbone, --width left at 1
+        seg = json.loads(Path(runs[f"c8/seg/{row}-s0"]["summary"]).read_text())
+        assert seg["config"]["width"] == 0.0625 and 0 <= runs[f"c8/seg/{row}-s0"]["val"]["miou"] <= 1
     capsys.readouterr()
     script.main()                                                   # resumes: every stage recorded, nothing trained
     printed = capsys.readouterr().out
@@ -169,6 +176,7 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())["points"]["c8"]
     assert summary["joint_ft_g0.01"]["seeds"] == 1 and summary["joint_ft_g0.01"]["top1_std"] == 0
     assert "| c8 | joint_ft_g0.01 |" in (tmp_path / "results" / "summary.md").read_text()
+    assert summary["joint_ft"]["miou_seeds"] == 1 and summary["joint_ft_g0.01"]["miou"] is None
 
 
 def test_experiment_parallel_runs_one_process_per_point_and_seed(tmp_path, monkeypatch):

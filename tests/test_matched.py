@@ -117,3 +117,33 @@ def test_repeats_pool_every_run_of_the_arms_that_were_run_again(tmp_path):
     assert by["c8", "latent"]["seeds"] == [0, 0, 1] and by["c8", "latent"]["top1"] == pytest.approx(82.0)
     assert by["c8", "decoded"]["top1"] == pytest.approx(86.0) and by["c8", "decoded"]["top1_std"] == pytest.approx(1.0)
     assert "| runs |" in md.splitlines()[0] and "| -4.00 |" in md
+
+
+@needs(IMAGENETTE)
+def test_search_report_ranks_the_held_out_variants_and_puts_the_winner_beside_the_table_recipe(tmp_path):
+    """matched.py collect --search / --search-val: the variants best first with their held-out size, and the
+    winner's val runs (mean ± std over seeds) beside the RGB row of the same width from the table's runs.json."""
+    from conftest import load_script
+    matched = load_script("experiments/classification/matched.py")
+
+    def held(variant, top1, ov):
+        return {"variant": variant, "overrides": ov, "point": "none", "input": "rgb", "width": 1.0,
+                "val": {"top1": top1, "top5": 0.99, "n": 947}, "eval_on": "holdout-0.1", "minutes": 6.0,
+                "device": "H200"}
+
+    def val(seed, top1, width=1.0):
+        return {"point": "none", "input": "rgb", "model": "resnet50", "width": width, "seed": seed,
+                "val": {"top1": top1, "top5": 0.99}, "recipe": {"epochs": 60}, "device": "H200"}
+    search, winner = tmp_path / "search.json", tmp_path / "winner.json"
+    search.write_text(json.dumps({"search-base": held("base", 0.88, {}), "search-ep60": held("ep60", 0.91, {"epochs": 60}),
+                                  "search-lr0.4": held("lr0.4", 0.87, {"base_lr": 0.4})}))
+    winner.write_text(json.dumps({f"none-rgb-resnet50-w1-s{s}": val(s, t) for s, t in ((0, 0.89), (1, 0.90), (2, 0.91))}))
+    done = {"none-rgb-resnet50-w1-s0": val(0, 0.88), "none-rgb-resnet50-w0.25-s0": val(0, 0.80, 0.25),
+            "c8-latent-cresnet51-w1-s0": {**val(0, 0.84), "point": "c8", "input": "latent", "model": "cresnet51"}}
+    md = matched.search_report(str(search), str(winner), done, tmp_path)
+    order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "{" in line]
+    assert order == ["ep60", "base", "lr0.4"] and "| 91.00 | 947 |" in md
+    out = json.loads((tmp_path / "search.json").read_text())
+    assert [(r["top1"], len(r["seeds"])) for r in out["val_table"]] == [(pytest.approx(90.0), 3)]
+    assert [(r["top1"], r["width"]) for r in out["base_table"]] == [(pytest.approx(88.0), 1.0)]   # RGB, same width
+    assert (tmp_path / "search.md").read_text() == md

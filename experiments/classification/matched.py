@@ -11,7 +11,8 @@ runs.json row in RUN/result.json; the parent alone writes runs.json.
            writes runs.json, matched.json (Table 2 rows with mean ± std, Fig. 6 points) and matched.md to --out
   search   recipe search for ResNet-50 on original RGB on a held-out 10% of train (never val): variants of the recipe
   collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done) into results/classification/matched/; with
-           --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled
+           --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled; with
+           --search (and --search-val), search.json / .md: the held-out variants (and the winner on val)
   bench    the augmentation's cost (img/s of crop + encode / + decode) on this device, to --out/bench.json
 --smoke: a few Imagenette images per class at 64 px, one width, one point, two seeds, one epoch: seconds on a CPU.
 
@@ -115,13 +116,40 @@ def stage_search(a) -> None:
              {"variant": name, "overrides": ov, "point": "none", "input": "rgb", "width": width})
             for name, ov in SEARCH.items() if not a.variants or name in a.variants]
     left = run_todo(a, todo, runs)
-    rows = sorted((r for _, r in runs.items()), key=lambda r: -r["val"]["top1"])
     runs.save(Path(a.out) / "search.json")
     print(f"recipe search ({a.recipe} + variant), ResNet-50 w{width:g} on RGB, held-out {a.holdout_frac:g} of train; "
           f"{len(left)} variants left")
-    print(markdown_table(["variant", "overrides", "holdout top-1", "minutes"],
-                         [(r["variant"], json.dumps(r["overrides"]), f"{100 * r['val']['top1']:.2f}",
-                           f"{r['minutes']:.1f}") for r in rows], align="llrr"))
+    print(search_table(runs.done))
+
+
+def search_table(rows: dict) -> str:
+    """The recipe search's variants, best held-out top-1 first (Markdown)."""
+    rows = sorted(rows.values(), key=lambda r: -r["val"]["top1"])
+    return markdown_table(["variant", "overrides", "held-out top-1", "held-out images", "minutes", "device"],
+                          [(r["variant"], json.dumps(r["overrides"]), f"{100 * r['val']['top1']:.2f}", r["val"]["n"],
+                            f"{r['minutes']:.1f}", r.get("device", "–")) for r in rows], align="llrrrl")
+
+
+def search_report(search: str, val: str | None, done: dict, res: Path) -> str:
+    """search.json / search.md: the held-out table of --search; with --search-val (the winner's runs on val, any
+    seeds), its Table 2 row beside the RGB row of the table's own recipe (--done)."""
+    rows = read_json(search)
+    md = f"Recipe search, ResNet-50 on original RGB, evaluated on a held-out part of train (never val):\n\n" \
+         f"{search_table(rows)}\n"
+    out = {"search": rows}
+    if val:
+        winner = read_json(val)
+        base = {k: r for k, r in done.items() if r["input"] == "rgb" and r["model"] == "resnet50"
+                and r["width"] in {w["width"] for w in winner.values()}}
+        t_base, md_base = table(base)
+        t_win, md_win = table(winner)
+        recipe = next(iter(winner.values())).get("recipe")
+        out.update(val_runs=winner, val_table=t_win, base_table=t_base)
+        md += f"\nThe winner on val (recipe {json.dumps(recipe)}):\n\n{md_win}\n\n" \
+              f"The table's recipe on val (runs.json):\n\n{md_base}\n"
+    (res / "search.json").write_text(json.dumps(out, indent=1) + "\n")
+    (res / "search.md").write_text(md)
+    return md
 
 
 def table(rows: dict, count: str = "seeds") -> tuple[list[dict], str]:
@@ -186,6 +214,8 @@ def repeats(done: dict, reruns: list[str]) -> tuple[list[dict], str]:
 def stage_collect(a) -> None:
     res = ROOT / "results" / "classification" / "matched"
     report(a, Runs(Path(a.done)), res, plot=True)
+    if a.search:
+        print(search_report(a.search, a.search_val, read_json(a.done), res))
     if a.reruns:
         rows, md = repeats(read_json(a.done), a.reruns)
         (res / "repeats.json").write_text(json.dumps({"reruns": [Path(p).name for p in a.reruns], "rows": rows},
@@ -226,6 +256,10 @@ def parse(argv=None):
     ap.add_argument("--holdout-frac", type=float, default=0.1)
     ap.add_argument("--reruns", nargs="+", default=None,
                     help="collect: runs.json files of runs repeated at the table's seeds, pooled into repeats.md")
+    ap.add_argument("--search", default=None, help="collect: a search stage's search.json, into search.json / .md")
+    ap.add_argument("--search-val", default=None,
+                    help="collect: runs.json of the search's winner on val (e.g. run --recipe imagenette60 --arms "
+                         "rgb:resnet50), into search.md beside the table's RGB row")
     ap.add_argument("--limit", type=int, default=None, help="images per class")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--arms", default=None, help="input:model arms of the grid (comma separated; default: "

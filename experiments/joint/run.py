@@ -79,11 +79,11 @@ def measure(a, codec_path: str, classifier: str | None) -> dict:
     return res
 
 
-def segmentation(a, codec_path: str, classifier: str, out: Path, seed: int, minutes: float) -> dict | None:
-    """§6.1: freeze the codec, fine-tune cResNet-51-d from this backbone on CamVid (the App. A.5 recipe)."""
+def segmentation(a, codec_path: str, classifier: str, out: Path, seed: int, width: float, minutes: float) -> dict | None:
+    """§6.1: freeze the codec, fine-tune cResNet-51-d (at the backbone's width) from this backbone on CamVid (A.5)."""
     from nodecode.tasks.segmentation import SegmenterTrainConfig, train_segmenter
     s = finished(train_segmenter(SegmenterTrainConfig(data=a.camvid, out=str(out), model="cresnet51_d", input="latent",
-                                         codec=codec_path, init=classifier, width=a.width, limit=a.limit,
+                                         codec=codec_path, init=classifier, width=width, limit=a.limit,
                                          iters=a.seg_iters, cache_dir=a.cache, seed=seed,
                                          **({"batch_size": a.seg_batch_size} if a.seg_batch_size else {}), max_minutes=minutes,
                                          progress=False)))
@@ -166,7 +166,7 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
     if ok and a.segmentation:  # one segmenter per row and seed (the seed also drives the segmenter's own init)
         for row, c, k in rows:
             ok = ok and stage(f"{point}/seg/{row}-s{seed}", lambda m, c=c, k=k, row=row: segmentation(
-                a, c, k, work / f"seg-{row}-s{seed}", seed, m)) is not None
+                a, c, k, work / f"seg-{row}-s{seed}", seed, width, m)) is not None
     return bool(ok)
 
 

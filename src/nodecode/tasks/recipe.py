@@ -7,6 +7,8 @@
               linear warm-up then cosine to 0, weight decay 5e-4, label smoothing 0.1, 40 epochs; augmentation in RGB
               (random-resized crop, scale 0.35-1 of the area, aspect 3/4-4/3, true mirror) then through the frozen
               codec (data.codec_augment). A starting point for the search on a held-out part of train.
+  imagenette60  the search's winner (results/classification/matched/search.md: ResNet-50 on RGB, held-out 10% of
+              train): imagenette with 60 epochs.
 
 Weight decay is on conv and fc weights only (parameters of 2+ dimensions), never on norms or biases.
 Every value lives here once; a train config's field left at None takes the recipe's value.
@@ -78,6 +80,7 @@ RECIPES = {
     "imagenette": Recipe(epochs=40, batch_size=128, base_lr=0.2, lr_batch=128, nesterov=True, weight_decay=5e-4,
                          schedule="cosine", lr_epochs=(), warmup_epochs=2.0, label_smoothing=0.1, augment="codec"),
 }
+RECIPES["imagenette60"] = replace(RECIPES["imagenette"], epochs=60)
 
 
 def by_recipe(name: str) -> str:
