@@ -163,6 +163,7 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     g = runs["c8/measure/joint_ft_g0.01-s0"]
     assert {"bpp", "psnr", "ssim", "ms_ssim"} <= set(g["kodak"]) and 0 <= g["top1"] <= 1
     assert g["codec"].endswith("joint-g0.01-s0/codec.safetensors")
+    assert set(g["seconds"]) == {"kodak", "imagenette_bpp", "top1"} and min(g["seconds"].values()) >= 0
     for row in ("baseline", "compression_ft", "joint_ft"):          # a width-0.0625 backbone, --width left at 1
         seg = json.loads(Path(runs[f"c8/seg/{row}-s0"]["summary"]).read_text())
         assert seg["config"]["width"] == 0.0625 and 0 <= runs[f"c8/seg/{row}-s0"]["val"]["miou"] <= 1
