@@ -37,7 +37,7 @@ for stage in "$@"; do
     speed) cmd=(python3 experiments/speed/run.py run --budget-minutes "$m" ${SPEED_ARGS:-}) ;;
     joint) cmd=(python3 experiments/joint/run.py run --budget-minutes "$m" --points "${JOINT_POINTS:-c8,c32}" ${JOINT_ARGS:-}) ;;
     # one process per operating point and seed side by side on the GPU(s) (run.py --parallel), each with its own
-    # runs.json (/root/results/joint-<point>-s<seed>/), cache and work folder; their logs in /root/results/joint/logs/
+    # runs.json (/root/results/joint-<point>-s<seed>/) and work folder, one shared cache; logs in /root/results/joint/logs/
     jointpar) cmd=(bash -c 'python3 experiments/joint/run.py run --parallel --budget-minutes "$0" --points "${JOINT_POINTS:-c8,c32}" \
                      ${JOINT_ARGS:-}; tail -n 12 /root/results/joint/logs/joint-*.log' "$m") ;;
     *)     echo "unknown stage $stage"; continue ;;
