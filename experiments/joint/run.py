@@ -16,6 +16,8 @@
            shared cache).
            --gammas: the γ ablation of Eq. 2 (γ weighs MSE + β·rate against the cross-entropy): each γ other than
            JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control rows are shared).
+           --merge: an earlier machine's runs.json per point and seed whose stages count as done (its files need not
+           exist here: only the new rows, e.g. --gammas ones from the same --cls-pattern baseline, are run).
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
 """
 from __future__ import annotations
@@ -166,7 +168,8 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
                                                                  gamma=g))
         ok = bool(gj) and stage(f"{point}/measure/{gamma_row(g)}-s{seed}",
                                 lambda m, gj=gj: measure(a, gj["codec"], gj["classifier"])) is not None
-    if ok and seed == 0:  # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
+    if ok and seed == 0 and (work / "joint-s0" / "codec.safetensors").exists():  # trained here (not --merge'd):
+        # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
         for ext in (".safetensors", ".json"):
             dst = out / "weights" / f"{point}-joint{ext}"
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +198,8 @@ def run(a) -> None:
         codes = run_jobs(jobs, per_gpu=-(-len(jobs) // max(1, len(visible_gpus()))), log_dir=Path(a.out) / "logs")
         print(f"exit codes: {codes}; logs in {Path(a.out) / 'logs'}")
         return
-    runs, budget = Runs(Path(a.out) / "runs.json"), Budget(a.budget_minutes)
+    merge = [a.merge.format(point=p, seed=s) for p in points for s in range(a.first_seed, a.seeds)] if a.merge else []
+    runs, budget = Runs(Path(a.out) / "runs.json", merge=merge), Budget(a.budget_minutes)
     stage = partial(runs.stage, budget=budget, reserve=0.75)
     print(f"device: {device_name()}", flush=True)
     for seed in range(a.first_seed, a.seeds):
@@ -320,6 +324,9 @@ def main():
                                                       "imagenette (issue 12, as experiments/classification/matched.py)")
     ap.add_argument("--gammas", default=None, help="γ ablation of Eq. 2, comma separated: each γ other than the "
                                                    "default 0.001 adds a row joint_ft_g<γ> (e.g. 0.0003,0.001,0.003)")
+    ap.add_argument("--merge", default=None,
+                    help="run: an earlier machine's runs.json (formatted with point and seed) whose stages count as "
+                         "done, e.g. results/joint/imagenette/runs-{point}-s{seed}.json to add --gammas rows only")
     ap.add_argument("--work", default="/root/joint")
     ap.add_argument("--out", default="/root/results/joint")
     ap.add_argument("--runs-json", nargs="+", default=[str(ROOT / "results" / "joint" / f"runs-{p}.json") for p in ("c8", "c32")],
@@ -353,6 +360,10 @@ def main():
         gammas = a.gammas
         a.scratch_epochs = a.scratch_epochs or get_recipe(a.recipe).epochs
         a.cls_batch_size = a.cls_batch_size or (256 if a.recipe == "paper" else get_recipe(a.recipe).batch_size)
+        missing = [f for p in a.points.split(",") for s in range(a.first_seed, a.seeds) if a.merge
+                   for f in [a.merge.format(point=p, seed=s)] if not Path(f).is_file()]
+        if missing:
+            ap.error(f"--merge: no such file {missing[0]}")
         if not a.parallel:     # --parallel passes the string on to the per-point processes
             a.gammas = [float(g) for g in gammas.split(",") if g] if gammas else []
     run(a) if a.stage == "run" else collect(a)
