@@ -151,6 +151,7 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     assert runs["c8/baseline-cls-s0"]["trained_here"] is False       # the pattern's checkpoint, keyed per seed
     assert {"c8/joint-s0", "c8/joint-g0.01-s0", "c8/ft", "c8/scratch-s0", "c8/control-s0"} <= set(runs)
     assert runs["c8/joint-g0.01-s0"]["gamma"] == 0.01 and "gamma" not in runs["c8/joint-s0"]
+    assert runs["c8/joint-g0.01-s0"]["loss_scale"] == pytest.approx(0.1)     # the default γ's codec step
     assert runs["c8/scratch-s0"]["recipe"] == runs["c8/control-s0"]["recipe"] == "imagenette"
     scratch = json.loads((tmp_path / "work" / "c8" / "scratch-s0" / "summary.json").read_text())
     control = json.loads((tmp_path / "work" / "c8" / "control-s0" / "summary.json").read_text())

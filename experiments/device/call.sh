@@ -4,6 +4,7 @@
 # its state under /root and stops cleanly before the budget), then pack /root/results into $OUT/results.tar.
 #   BUDGET_MIN=9 bash experiments/device/call.sh cls seg speed joint
 # KEEP_RUNS (shell patterns of matched runs) returns those runs for the next machine: experiments/device/keep.py
+# TAG names this call.sh's logs when two run side by side (each with its own OUT and CUDA_VISIBLE_DEVICES)
 set -u
 # once per machine (two call.sh side by side must not both write /tmp/site)
 PYTHONPATH=/tmp/site python3 -c "import constriction, pytorch_msssim" 2>/dev/null \
@@ -43,7 +44,7 @@ for stage in "$@"; do
     *)     echo "unknown stage $stage"; continue ;;
   esac
   # a stage that overruns its budget is stopped 20 s after it, so the results still get packed
-  timeout -k 5 "$(python3 -c "print(int(60 * $m) + 20)")" "${cmd[@]}" 2>&1 | tee "/root/results/logs/$(printf %02d "$n")-$stage.log"
+  timeout -k 5 "$(python3 -c "print(int(60 * $m) + 20)")" "${cmd[@]}" 2>&1 | tee "/root/results/logs/$(printf %02d "$n")-$stage${TAG:+-$TAG}.log"
   n=$((n + 1))
 done
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader

@@ -15,7 +15,9 @@
            --parallel: one process per point and seed at once, over the GPUs (each seed its own control codec; one
            shared cache).
            --gammas: the γ ablation of Eq. 2 (γ weighs MSE + β·rate against the cross-entropy): each γ other than
-           JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control rows are shared).
+           JointTrainConfig's 0.001 adds a joint fine-tune row joint_ft_g<γ> per seed (the control rows are shared),
+           its loss scaled by 0.001/γ: the codec's rate-distortion step stays the default's and the cross-entropy's
+           shrinks (unscaled, γ = 0.003 diverged to NaN at c32 in 3 of 3 seeds on an H200).
            --merge: an earlier machine's runs.json per point and seed whose stages count as done (its files need not
            exist here: only the new rows, e.g. --gammas ones from the same --cls-pattern baseline, are run).
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
@@ -165,7 +167,7 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
         if not ok or gamma_row(g) == "joint_ft":
             continue
         gj = stage(f"{point}/joint-g{g:g}-s{seed}", joint_stage(work / f"joint-g{g:g}-s{seed}", base["classifier"],
-                                                                 gamma=g))
+                                                                 gamma=g, loss_scale=default_gamma() / g))
         ok = bool(gj) and stage(f"{point}/measure/{gamma_row(g)}-s{seed}",
                                 lambda m, gj=gj: measure(a, gj["codec"], gj["classifier"])) is not None
     if ok and seed == 0 and (work / "joint-s0" / "codec.safetensors").exists():  # trained here (not --merge'd):

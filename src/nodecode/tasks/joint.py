@@ -43,6 +43,8 @@ class JointTrainConfig(RunOptions):
     classifier: str | None = option(None, "starting latent classifier (classifier.safetensors or its run folder, a "
                                           "Table 2 checkpoint)")    # None: the codec-only control
     gamma: float = option(0.001, "γ of Eq. 2")
+    loss_scale: float = option(1.0, "Eq. 2's loss times this, i.e. every step size times it (a γ ablation at the "
+                                    "default γ's codec step: 0.001/γ; γ=0.003 unscaled diverged at c32)")
     beta: float | None = option(None, "β (default: App. A.8, 600 at C=8, 150 at C=32, else the codec's own)")
     target_entropy: float | None = option(None, "Ht (default: the starting codec's own)")
     epochs: float = option(9, "fine-tuning epochs")
@@ -148,7 +150,8 @@ def train_joint(cfg: JointTrainConfig) -> TrainResult:
     def step_fn(net, batch):
         x, y = batch
         x = x / 255.0
-        return joint_loss(net(x), x, y, cfg.gamma, beta, ht)
+        loss, logs = joint_loss(net(x), x, y, cfg.gamma, beta, ht)
+        return loss * cfg.loss_scale, logs
 
     def eval_fn(m, step):
         last.update(evaluate_joint(m, val_x, val_y, cfg.eval_batch), epoch=step / spe)
