@@ -1,5 +1,6 @@
 """The experiments helper: runs.json merge / skip / record, the time budget, jobs over GPUs, tables."""
 import json
+import os
 import sys
 
 from nodecode.experiments import ROOT, Budget, Runs, experiment_parser, markdown_table, read_json, run_jobs
@@ -37,6 +38,19 @@ def test_run_jobs_unpinned_with_own_env_and_logs(tmp_path):
                      poll_s=0.05)
     assert codes == {"j0": 0, "j1": 0, "j2": 0}
     assert all(p.read_text() == "7 x\n" for p in logs.values())          # gpus=[]: CUDA_VISIBLE_DEVICES left alone
+
+
+def test_run_jobs_share_the_cores_unless_told(tmp_path, monkeypatch):
+    code = "import os; print(os.environ['OMP_NUM_THREADS'])"
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    run_jobs([("a", [sys.executable, "-c", code])], gpus=["0", "1"], per_gpu=4, log_dir=tmp_path, poll_s=0.05)
+    assert (tmp_path / "a.log").read_text() == "8\n"                       # 64 cores over 2 GPUs x 4 slots
+    run_jobs([("b", [sys.executable, "-c", code])], gpus=["0"], per_gpu=3, log_dir=tmp_path, poll_s=0.05,
+             env={"OMP_NUM_THREADS": "2"})
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    run_jobs([("c", [sys.executable, "-c", code])], gpus=[], per_gpu=100, log_dir=tmp_path, poll_s=0.05)
+    assert [(tmp_path / f"{n}.log").read_text() for n in "bc"] == ["2\n", "5\n"]   # env, then the caller's own
 
 
 def test_read_json(tmp_path):

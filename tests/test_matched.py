@@ -147,3 +147,24 @@ def test_search_report_ranks_the_held_out_variants_and_puts_the_winner_beside_th
     assert [(r["top1"], len(r["seeds"])) for r in out["val_table"]] == [(pytest.approx(90.0), 3)]
     assert [(r["top1"], r["width"]) for r in out["base_table"]] == [(pytest.approx(88.0), 1.0)]   # RGB, same width
     assert (tmp_path / "search.md").read_text() == md
+
+
+def test_collect_writes_the_report_where_results_says(tmp_path):
+    """matched.py collect --results DIR --recipe NAME: a second recipe's grid gets its own report folder (runs.json,
+    matched.json naming the recipe, matched.md) and the default one is left alone."""
+    from conftest import load_script
+    matched = load_script("experiments/classification/matched.py")
+    runs = {f"c8-{kind}-{model}-w0.25-s{s}": {"point": "c8", "input": kind, "model": model, "width": 0.25, "seed": s,
+                                              "val": {"top1": t + s / 100, "top5": 0.98}, "device": "H200"}
+            for kind, model, t in (("decoded", "resnet50", 0.85), ("latent", "cresnet51", 0.84)) for s in (0, 1)}
+    done, out = tmp_path / "done.json", tmp_path / "matched60"
+    done.write_text(json.dumps(runs))
+    default = matched.ROOT / "results" / "classification" / "matched" / "matched.json"
+    before = default.read_bytes() if default.exists() else None
+    matched.main(["collect", "--done", str(done), "--results", str(out), "--recipe", "imagenette60"])
+    report = json.loads((out / "matched.json").read_text())
+    assert report["recipe"] == "imagenette60" and json.loads((out / "runs.json").read_text()) == runs
+    by = {r["input"]: r for r in report["table2"]}
+    assert by["latent"]["top1"] == pytest.approx(84.5) and by["decoded"]["top1"] == pytest.approx(85.5)
+    assert "| -1.00 |" in (out / "matched.md").read_text()
+    assert (default.read_bytes() if default.exists() else None) == before

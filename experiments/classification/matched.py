@@ -212,7 +212,7 @@ def repeats(done: dict, reruns: list[str]) -> tuple[list[dict], str]:
 
 
 def stage_collect(a) -> None:
-    res = ROOT / "results" / "classification" / "matched"
+    res = Path(a.results)
     report(a, Runs(Path(a.done)), res, plot=True)
     if a.search:
         print(search_report(a.search, a.search_val, read_json(a.done), res))
@@ -247,7 +247,8 @@ def smoke_data(state: Path) -> Path:
 
 
 def parse(argv=None):
-    ap = experiment_parser(__doc__, budget_minutes=9.0, stages=("run", "search", "collect", "bench", "job", "prepare"))
+    ap = experiment_parser(__doc__, budget_minutes=9.0, stages=("run", "search", "collect", "bench", "job", "prepare"),
+                           area="classification/matched")
     add_grid_args(ap, "/root/matched")
     ap.add_argument("--data", default="/root/data/imagenette2-224")
     ap.add_argument("--cache", default="/root/cache")

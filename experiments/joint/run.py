@@ -276,6 +276,7 @@ def collect(a) -> None:
 
 def _arrows(ax, table, x, y):
     """Fig. 7 / Fig. 11 style: from the baseline (start) to each fine-tune (end) operating point."""
+    labelled = set()        # each row's legend entry once, at the first point that has it
     for p, rows in table.items():
         if "baseline" not in rows:
             continue
@@ -287,7 +288,8 @@ def _arrows(ax, table, x, y):
             if row in rows:
                 e = rows[row]
                 ax.annotate("", xy=(x(e), y(e)), xytext=(x(b), y(b)), arrowprops={"arrowstyle": "->", "color": color})
-                ax.plot(x(e), y(e), "o", color=color, label=f"{row.replace('_', ' ')}" if p == next(iter(table)) else None)
+                ax.plot(x(e), y(e), "o", color=color, label=None if row in labelled else row.replace("_", " "))
+                labelled.add(row)
         ax.annotate(p, (x(b), y(b)), textcoords="offset points", xytext=(4, -10), fontsize=8)
 
 
