@@ -145,7 +145,7 @@ def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None =
     devices = (list(gpus) if gpus is not None else visible_gpus()) or [None]
     slots = [g for _ in range(per_gpu) for g in devices]          # first one job per GPU, then a second, ...
     # each job's share of the cores unless told: torch's default (all cores in every process) put ~15 processes x 64
-    # threads on a 4-GPU host's 64 cores, the likely cause of 24 Kodak images taking 186 s there (23 s on 2 cores here)
+    # threads on a 4-GPU host's 64 cores, where 24 Kodak images took 186 s (7-10 s alone on an H200 host)
     threads = {"OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // len(slots)))}
     queue, running, codes = list(jobs), {}, {}
     while queue or running:
