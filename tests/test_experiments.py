@@ -19,6 +19,9 @@ def test_runs_merge_skip_and_record(tmp_path):
     assert r["top1"] == 0.5 and r["wall_s"] >= 0 and 9.0 < calls[0] <= 9.5                   # minutes left - margin
     assert json.loads((tmp_path / "runs.json").read_text())["d"]["top1"] == 0.5              # saved at once
     assert runs.stage("e", lambda m: {"x": 1}, Budget(0.5)) is None                          # under the reserve
+    assert runs.stage("a", lambda m: {"v": 4}, budget, redo=lambda r: r["v"] == 2) == {"v": 1}  # recorded, kept
+    assert runs.stage("a", lambda m: {"v": 4}, budget, redo=lambda r: r["v"] == 1)["v"] == 4    # redone, recorded
+    assert json.loads((tmp_path / "runs.json").read_text())["a"]["v"] == 4
 
 
 def test_run_jobs_one_per_gpu(tmp_path):

@@ -1,5 +1,6 @@
 """Joint training (§6, Eq. 2, App. A.8): the loss value, CE gradients reaching the encoder, resume, the control."""
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -130,7 +131,7 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     """experiments/joint/run.py end to end on a CPU: the baseline found by --cls-pattern (per seed), the control's
     classifiers under --recipe imagenette (augmentation through the codec), a second γ's joint_ft_g row with its
     measurements, the §6.1 segmenters at the backbones' width (not --width's); a second call retrains nothing;
-    collect tabulates the γ row and the mIoU column."""
+    collect tabulates the γ row and the mIoU column (γ rows segmented too)."""
     import sys
     from nodecode.data.images import save_image
     from conftest import load_script
@@ -165,22 +166,30 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     assert {"bpp", "psnr", "ssim", "ms_ssim"} <= set(g["kodak"]) and 0 <= g["top1"] <= 1
     assert g["codec"].endswith("joint-g0.01-s0/codec.safetensors")
     assert set(g["seconds"]) == {"kodak", "imagenette_bpp", "top1"} and min(g["seconds"].values()) >= 0
-    for row in ("baseline", "compression_ft", "joint_ft"):          # a width-0.0625 backbone, --width left at 1
+    for row in ("baseline", "compression_ft", "joint_ft", "joint_ft_g0.01"):  # width-0.0625 backbone, --width at 1
         seg = json.loads(Path(runs[f"c8/seg/{row}-s0"]["summary"]).read_text())
         assert seg["config"]["width"] == 0.0625 and 0 <= runs[f"c8/seg/{row}-s0"]["val"]["miou"] <= 1
     capsys.readouterr()
     script.main()                                                   # resumes: every stage recorded, nothing trained
     printed = capsys.readouterr().out
     assert "== " not in printed and json.loads((out / "runs.json").read_text()) == runs
-    # a new machine (new --out, --work): the finished seed's stages merged as done, only the new γ row runs
-    merged = tmp_path / "merged"
+    # a new machine (new --out, --work): the finished seed's stages merged as done, only the new γ row runs, and
+    # the γ = 0.01 fine-tune whose measurement and segmenter the earlier machine did not finish is trained again
+    merged, earlier = tmp_path / "merged", {k: v for k, v in runs.items() if not k.endswith("/joint_ft_g0.01-s0")}
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     i = argv.index("--gammas")
-    monkeypatch.setattr(sys, "argv", argv[:i] + ["--gammas", "0.003", "--merge", str(out / "runs.json"), "--out",
-                                                  str(merged), "--work", str(tmp_path / "work2")] + argv[i + 2:])
+    monkeypatch.setattr(sys, "argv", argv[:i] + ["--gammas", "0.01,0.003", "--merge", str(tmp_path / "earlier.json"),
+                                                  "--out", str(merged), "--work", str(tmp_path / "work2")] + argv[i + 2:])
+    shutil.rmtree(tmp_path / "work" / "c8" / "joint-g0.01-s0")   # gone with the earlier machine
     script.main()
     again = json.loads((merged / "runs.json").read_text())
-    assert set(again) - set(runs) == {"c8/joint-g0.003-s0", "c8/measure/joint_ft_g0.003-s0"}
-    assert all(again[k] == v for k, v in runs.items()) and not (tmp_path / "work2" / "c8" / "ft").exists()
+    assert set(again) - set(earlier) == {"c8/joint-g0.003-s0", "c8/measure/joint_ft_g0.003-s0",
+                                         "c8/seg/joint_ft_g0.003-s0", "c8/measure/joint_ft_g0.01-s0",
+                                         "c8/seg/joint_ft_g0.01-s0"}
+    assert again["c8/joint-g0.01-s0"]["codec"] == str(tmp_path / "work2" / "c8" / "joint-g0.01-s0" / "codec.safetensors")
+    assert again["c8/measure/joint_ft_g0.01-s0"]["codec"] == again["c8/joint-g0.01-s0"]["codec"]
+    assert all(again[k] == v for k, v in earlier.items() if k != "c8/joint-g0.01-s0")
+    assert not (tmp_path / "work2" / "c8" / "ft").exists()
     assert not (merged / "weights").exists()               # the joint codec was not trained on this machine
     monkeypatch.setattr(sys, "argv", ["run.py", "collect", "--runs-json", str(out / "runs.json"),
                                       "--results", str(tmp_path / "results")])
@@ -188,7 +197,7 @@ def test_experiment_imagenette_recipe_pattern_gamma_ablation_and_resume(folder, 
     summary = json.loads((tmp_path / "results" / "summary.json").read_text())["points"]["c8"]
     assert summary["joint_ft_g0.01"]["seeds"] == 1 and summary["joint_ft_g0.01"]["top1_std"] == 0
     assert "| c8 | joint_ft_g0.01 |" in (tmp_path / "results" / "summary.md").read_text()
-    assert summary["joint_ft"]["miou_seeds"] == 1 and summary["joint_ft_g0.01"]["miou"] is None
+    assert summary["joint_ft"]["miou_seeds"] == summary["joint_ft_g0.01"]["miou_seeds"] == 1   # γ rows segmented too
 
 
 def test_experiment_parallel_runs_one_process_per_point_and_seed(tmp_path, monkeypatch):

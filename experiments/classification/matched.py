@@ -34,7 +34,8 @@ ABLATIONS = (("latent", "decoder_resnet50"),)
 SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original RGB, judged on the held-out split
     "base": {}, "lr0.1": {"base_lr": 0.1}, "lr0.4": {"base_lr": 0.4}, "wd1e-4": {"weight_decay": 1e-4},
     "wd1e-3": {"weight_decay": 1e-3}, "ls0": {"label_smoothing": 0.0}, "ep60": {"epochs": 60},
-    "b64": {"batch_size": 64}, "scale0.2": {"scale": [0.2, 1.0]}, "inputaug": {"augment": "input"},
+    "ep80": {"epochs": 80}, "b64": {"batch_size": 64}, "scale0.2": {"scale": [0.2, 1.0]},
+    "inputaug": {"augment": "input"},
 }
 SMOKE_CLASSES = ["n01440764", "n02102040", "n02979186"]
 

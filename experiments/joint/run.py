@@ -19,7 +19,8 @@
            its loss scaled by 0.001/γ: the codec's rate-distortion step stays the default's and the cross-entropy's
            shrinks (unscaled, γ = 0.003 diverged to NaN at c32 in 3 of 3 seeds on an H200).
            --merge: an earlier machine's runs.json per point and seed whose stages count as done (its files need not
-           exist here: only the new rows, e.g. --gammas ones from the same --cls-pattern baseline, are run).
+           exist here: only the new rows, e.g. --gammas ones from the same --cls-pattern baseline, are run; a γ
+           fine-tune whose measurement or segmenter is still to do is trained again when its codec is not here).
   collect  from runs.json: results/joint/summary.json, summary.md, fig7_accuracy.png, fig11_compression.png.
 """
 from __future__ import annotations
@@ -102,8 +103,9 @@ def segmentation(a, codec_path: str, classifier: str, out: Path, seed: int, widt
     return None if s is None else {"val": s.get("val"), "summary": str(out / "summary.json")}
 
 
-def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
-    """One operating point and seed through every stage; `stage(key, fn)` records finished ones (Runs.stage)."""
+def run_point(stage, done, out: Path, a, point: str, seed: int) -> bool:
+    """One operating point and seed through every stage; `stage(key, fn)` records finished ones (Runs.stage), `done`
+    holds them."""
     from nodecode.tasks.classification import ClassifierTrainConfig, load_classifier, train_classifier
     from nodecode.tasks.joint import JointTrainConfig, train_joint
     work = Path(a.work) / point
@@ -166,17 +168,20 @@ def run_point(stage, out: Path, a, point: str, seed: int) -> bool:
     for g in a.gammas:   # the γ ablation: one more joint fine-tune (and its measurements) per γ, after the main rows
         if not ok or gamma_row(g) == "joint_ft":
             continue
+        row = gamma_row(g)   # a --merge'd fine-tune whose measurement or segmenter is still to do: its codec is
+        todo = [f"{point}/measure/{row}-s{seed}"] + ([f"{point}/seg/{row}-s{seed}"] if a.segmentation else [])
         gj = stage(f"{point}/joint-g{g:g}-s{seed}", joint_stage(work / f"joint-g{g:g}-s{seed}", base["classifier"],
-                                                                 gamma=g, loss_scale=default_gamma() / g))
-        ok = bool(gj) and stage(f"{point}/measure/{gamma_row(g)}-s{seed}",
-                                lambda m, gj=gj: measure(a, gj["codec"], gj["classifier"])) is not None
+                                                                 gamma=g, loss_scale=default_gamma() / g),
+                   redo=lambda r, todo=todo: any(k not in done for k in todo) and not Path(r["codec"]).exists())
+        ok = bool(gj) and stage(todo[0], lambda m, gj=gj: measure(a, gj["codec"], gj["classifier"])) is not None
+        rows += ((row, gj["codec"], gj["classifier"]),) if ok else ()     # segmented with the main rows below
     if ok and seed == 0 and (work / "joint-s0" / "codec.safetensors").exists():  # trained here (not --merge'd):
         # the jointly trained codec (4.5 MiB fp16, as the bundled ones) comes back with the results
         for ext in (".safetensors", ".json"):
             dst = out / "weights" / f"{point}-joint{ext}"
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(work / f"joint-s{seed}" / f"codec{ext}", dst)
-    if ok and a.segmentation:  # one segmenter per row and seed (the seed also drives the segmenter's own init)
+    if ok and a.segmentation:  # one segmenter per row (γ rows too) and seed (the seed also drives its own init)
         for row, c, k in rows:
             ok = ok and stage(f"{point}/seg/{row}-s{seed}", lambda m, c=c, k=k, row=row: segmentation(
                 a, c, k, work / f"seg-{row}-s{seed}", seed, width, m)) is not None
@@ -205,7 +210,7 @@ def run(a) -> None:
     stage = partial(runs.stage, budget=budget, reserve=0.75)
     print(f"device: {device_name()}", flush=True)
     for seed in range(a.first_seed, a.seeds):
-        if not all(run_point(stage, Path(a.out), a, point, seed) for point in points):
+        if not all(run_point(stage, runs, Path(a.out), a, point, seed) for point in points):
             break
     f = lambda x, s=".4f": format(x, s) if isinstance(x, (int, float)) else "–"  # noqa: E731
     print(markdown_table(
@@ -274,7 +279,13 @@ def collect(a) -> None:
     print(md)
 
 
-def _arrows(ax, table, x, y):
+def row_colors(table) -> dict:
+    """One colour per fine-tune row in every figure: the control blue, joint red, the γ rows by rising γ."""
+    ablation = sorted({r for rows in table.values() for r in rows if row_gamma(r) is not None}, key=row_gamma)
+    return {"compression_ft": "tab:blue", "joint_ft": "tab:red", **{r: f"C{4 + i}" for i, r in enumerate(ablation)}}
+
+
+def _arrows(ax, table, x, y, colors):
     """Fig. 7 / Fig. 11 style: from the baseline (start) to each fine-tune (end) operating point."""
     labelled = set()        # each row's legend entry once, at the first point that has it
     for p, rows in table.items():
@@ -282,9 +293,7 @@ def _arrows(ax, table, x, y):
             continue
         b = rows["baseline"]
         ax.plot(x(b), y(b), "ko")
-        ablation = [r for r in rows if row_gamma(r) is not None]   # the γ rows: one more colour each
-        for row, color in (("compression_ft", "tab:blue"), ("joint_ft", "tab:red"),
-                           *((r, f"C{4 + i}") for i, r in enumerate(ablation))):
+        for row, color in colors.items():
             if row in rows:
                 e = rows[row]
                 ax.annotate("", xy=(x(e), y(e)), xytext=(x(b), y(b)), arrowprops={"arrowstyle": "->", "color": color})
@@ -294,11 +303,11 @@ def _arrows(ax, table, x, y):
 
 
 def plots(table, res: Path) -> None:
-    plt = pyplot()
+    plt, colors = pyplot(), row_colors(table)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, m, lab in zip(axes, ("top1", "miou"), ("top-1, Imagenette val [%]", "mIoU, CamVid val [%]")):
         _arrows(ax, {p: {r: v for r, v in rows.items() if isinstance(v, dict) and v.get(m) is not None}
-                     for p, rows in table.items()}, lambda r: r["imagenette_bpp"], lambda r, m=m: r[m])
+                     for p, rows in table.items()}, lambda r: r["imagenette_bpp"], lambda r, m=m: r[m], colors)
         ax.set_xscale("log"); ax.set_xlabel("bpp (real .ndc, Imagenette val)"); ax.set_ylabel(lab)
         ax.grid(alpha=0.3); ax.legend()
     fig.suptitle("Fig. 7: classification and segmentation, baseline -> fine-tuned (mean of 3 seeds)")
@@ -307,7 +316,7 @@ def plots(table, res: Path) -> None:
     fig, axes = plt.subplots(len(points), 3, figsize=(14, 3.6 * len(points)), squeeze=False)
     for p, row in zip(points, axes):  # one row per operating point, as App. A.7 (the points are far apart in bpp)
         for ax, m, lab in zip(row, ("ms_ssim", "ssim", "psnr"), ("MS-SSIM", "SSIM", "PSNR [dB]")):
-            _arrows(ax, {p: table[p]}, lambda r: r["kodak"]["bpp"], lambda r, m=m: r["kodak"][m])
+            _arrows(ax, {p: table[p]}, lambda r: r["kodak"]["bpp"], lambda r, m=m: r["kodak"][m], colors)
             ax.set_xlabel("bpp (real .ndc, Kodak)"); ax.set_ylabel(lab); ax.grid(alpha=0.3); ax.legend(fontsize=8)
             ax.set_title(f"{p}: {lab}", fontsize=10)
     fig.suptitle("Fig. 11: compression metrics, baseline -> fine-tuned (joint: mean of 3 seeds' codecs)")

@@ -95,11 +95,11 @@ class Runs:
         write_json(path, self.done)
 
     def stage(self, key: str, fn: Callable[[float], dict | None], budget: Budget, reserve: float = 1.0,
-              margin: float = 0.5) -> dict | None:
+              margin: float = 0.5, redo: Callable[[dict], bool] | None = None) -> dict | None:
         """The recorded result of `key`, or fn(minutes it may take) run now and recorded (with its wall time and
         device) unless it returns None (stopped on its budget: rerun to resume). None too when less than `reserve`
-        minutes are left."""
-        if key in self.done:
+        minutes are left. `redo(recorded)` true runs it again (e.g. its files stayed on an earlier machine)."""
+        if key in self.done and not (redo and redo(self.done[key])):
             return self.done[key]
         if budget.left() < reserve:
             print(f"budget spent; next: {key}", flush=True)
