@@ -168,7 +168,7 @@ def run_point(stage, done, out: Path, a, point: str, seed: int) -> bool:
     for g in a.gammas:   # the γ ablation: one more joint fine-tune (and its measurements) per γ, after the main rows
         if not ok or gamma_row(g) == "joint_ft":
             continue
-        row = gamma_row(g)   # a --merge'd fine-tune whose measurement or segmenter is still to do: its codec is
+        row = gamma_row(g)   # a --merge'd fine-tune with work left (todo) whose codec is not here is trained again
         todo = [f"{point}/measure/{row}-s{seed}"] + ([f"{point}/seg/{row}-s{seed}"] if a.segmentation else [])
         gj = stage(f"{point}/joint-g{g:g}-s{seed}", joint_stage(work / f"joint-g{g:g}-s{seed}", base["classifier"],
                                                                  gamma=g, loss_scale=default_gamma() / g),
