@@ -197,6 +197,13 @@ def more_epochs_kw(a) -> dict:
     return {"base_lr": get_recipe(a.recipe).base_lr / 10, "warmup_epochs": 0.0}
 
 
+def merge_files(a) -> list[str]:
+    """--merge's runs.json files, one per point and seed of this call (none without --merge)."""
+    if not a.merge:
+        return []
+    return [a.merge.format(point=p, seed=s) for p in a.points.split(",") for s in range(a.first_seed, a.seeds)]
+
+
 def run(a) -> None:
     points = a.points.split(",")
     if a.parallel:   # one process per point and seed, all at once, spread over the GPUs
@@ -205,8 +212,7 @@ def run(a) -> None:
         codes = run_jobs(jobs, per_gpu=-(-len(jobs) // max(1, len(visible_gpus()))), log_dir=Path(a.out) / "logs")
         print(f"exit codes: {codes}; logs in {Path(a.out) / 'logs'}")
         return
-    merge = [a.merge.format(point=p, seed=s) for p in points for s in range(a.first_seed, a.seeds)] if a.merge else []
-    runs, budget = Runs(Path(a.out) / "runs.json", merge=merge), Budget(a.budget_minutes)
+    runs, budget = Runs(Path(a.out) / "runs.json", merge=merge_files(a)), Budget(a.budget_minutes)
     stage = partial(runs.stage, budget=budget, reserve=0.75)
     print(f"device: {device_name()}", flush=True)
     for seed in range(a.first_seed, a.seeds):
@@ -373,8 +379,7 @@ def main():
         gammas = a.gammas
         a.scratch_epochs = a.scratch_epochs or get_recipe(a.recipe).epochs
         a.cls_batch_size = a.cls_batch_size or (256 if a.recipe == "paper" else get_recipe(a.recipe).batch_size)
-        missing = [f for p in a.points.split(",") for s in range(a.first_seed, a.seeds) if a.merge
-                   for f in [a.merge.format(point=p, seed=s)] if not Path(f).is_file()]
+        missing = [f for f in merge_files(a) if not Path(f).is_file()]
         if missing:
             ap.error(f"--merge: no such file {missing[0]}")
         if not a.parallel:     # --parallel passes the string on to the per-point processes

@@ -138,7 +138,8 @@ def run_jobs(jobs: Sequence[tuple[str, list[str]]], gpus: Sequence[str] | None =
     """Run (name, argv) jobs as subprocesses, at most `per_gpu` at a time on each GPU (CUDA_VISIBLE_DEVICES set to
     it; with no GPUs, `gpus=[]` included, `per_gpu` at a time, CUDA_VISIBLE_DEVICES left as it is); `env` added to
     each job's environment (with NCCL_SAFE, unbuffered output, OMP_NUM_THREADS = cores / slots unless set); output
-    to logs[name], else log_dir/NAME.log (appended), else inherited. {name: exit code}, `on_done(name, code)` called in this process as each job ends.
+    to logs[name], else log_dir/NAME.log (appended), else inherited. {name: exit code}, `on_done(name, code)` called
+    in this process as each job ends.
     With a `budget`, no job starts with less than `min_start` minutes left (those are left out of the result: the
     next call runs them), and one still running `grace` minutes past the budget is terminated (jobs are expected to
     stop themselves before it)."""
