@@ -1,5 +1,5 @@
 """experiments/speed/gpu_decode.py end to end on a CPU (--smoke): every stage runs or says why not, the JSON is
-resumable, and the table carries each row's idle start (first_launch_s)."""
+resumable, the table carries each row's idle start (first_launch_s), and collect --save drops the per-file lists."""
 import json
 import os
 import subprocess
@@ -12,11 +12,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "speed" / "gpu_decode.py"
 
 
-def _run(out):
+def _run(out, *args):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    p = subprocess.run([sys.executable, str(SCRIPT), "run", str(IMAGENETTE / "val"), "--out", str(out), "--smoke",
-                        "--compile-mode", "max-autotune-no-cudagraphs"], capture_output=True, text=True, env=env,
-                       timeout=600)
+    args = args or ("run", str(IMAGENETTE / "val"), "--smoke", "--compile-mode", "max-autotune-no-cudagraphs")
+    p = subprocess.run([sys.executable, str(SCRIPT), *args, "--out", str(out)], capture_output=True, text=True,
+                       env=env, timeout=600)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     return p.stdout
 
@@ -32,3 +32,7 @@ def test_gpu_decode_smoke_runs_every_stage_and_resumes(tmp_path):
     assert "| first batch ms |" in out and "skipped: nvJPEG needs CUDA" in out
     again = _run(tmp_path)                                 # resumed: every stage is in the JSON already
     assert json.loads((tmp_path / "gpu_decode.json").read_text())["e2e"] == done["e2e"] and "| first batch ms |" in again
+    _run(tmp_path, "collect", "--save", str(tmp_path / "committed.json"))   # the copy for results/: no per-file lists
+    kept = json.loads((tmp_path / "committed.json").read_text())
+    assert kept["e2e"] == done["e2e"] and "names" not in kept["prepare"]
+    assert kept["prepare"]["names_count"] == len(done["prepare"]["names"]) == 24

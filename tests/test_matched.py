@@ -129,7 +129,7 @@ def test_search_report_ranks_the_held_out_variants_and_puts_the_winner_beside_th
     def held(variant, top1, ov):
         return {"variant": variant, "overrides": ov, "point": "none", "input": "rgb", "width": 1.0,
                 "val": {"top1": top1, "top5": 0.99, "n": 947}, "eval_on": "holdout-0.1", "minutes": 6.0,
-                "device": "H200"}
+                "device": "H200", "recipe": {"epochs": 40, "batch_size": 128, **ov}}
 
     def val(seed, top1, width=1.0):
         return {"point": "none", "input": "rgb", "model": "resnet50", "width": width, "seed": seed,
@@ -142,7 +142,7 @@ def test_search_report_ranks_the_held_out_variants_and_puts_the_winner_beside_th
             "c8-latent-cresnet51-w1-s0": {**val(0, 0.84), "point": "c8", "input": "latent", "model": "cresnet51"}}
     md = matched.search_report(str(search), str(winner), done, tmp_path)
     order = [line.split("|")[1].strip() for line in md.splitlines() if line.startswith("| ") and "{" in line]
-    assert order == ["ep60", "base", "lr0.4"] and "| 91.00 | 947 |" in md
+    assert order == ["ep60", "base", "lr0.4"] and "| 60 | 128 | 91.00 | 947 |" in md   # epochs, batch of its recipe
     out = json.loads((tmp_path / "search.json").read_text())
     assert [(r["top1"], len(r["seeds"])) for r in out["val_table"]] == [(pytest.approx(90.0), 3)]
     assert [(r["top1"], r["width"]) for r in out["base_table"]] == [(pytest.approx(88.0), 1.0)]   # RGB, same width

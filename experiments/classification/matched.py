@@ -126,9 +126,11 @@ def stage_search(a) -> None:
 def search_table(rows: dict) -> str:
     """The recipe search's variants, best held-out top-1 first (Markdown)."""
     rows = sorted(rows.values(), key=lambda r: -r["val"]["top1"])
-    return markdown_table(["variant", "overrides", "held-out top-1", "held-out images", "minutes", "device"],
-                          [(r["variant"], json.dumps(r["overrides"]), f"{100 * r['val']['top1']:.2f}", r["val"]["n"],
-                            f"{r['minutes']:.1f}", r.get("device", "–")) for r in rows], align="llrrrl")
+    return markdown_table(["variant", "overrides", "epochs", "batch", "held-out top-1", "held-out images", "minutes",
+                           "device"],
+                          [(r["variant"], json.dumps(r["overrides"]), r["recipe"]["epochs"], r["recipe"]["batch_size"],
+                            f"{100 * r['val']['top1']:.2f}", r["val"]["n"], f"{r['minutes']:.1f}", r.get("device", "–"))
+                           for r in rows], align="llrrrrrl")
 
 
 def search_report(search: str, val: str | None, done: dict, res: Path) -> str:

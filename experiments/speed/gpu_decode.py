@@ -1,7 +1,8 @@
 """GPU entropy decoding and files -> labels end to end, on one card (issue 13): the device driver script.
 
     python experiments/speed/gpu_decode.py run IMAGENETTE_VAL [--out DIR] [--classifiers RUNS] [--budget-minutes M] [--smoke]
-    python experiments/speed/gpu_decode.py collect [--out DIR]        (the table of DIR/gpu_decode.json)
+    python experiments/speed/gpu_decode.py collect [--out DIR] [--save FILE]   (the table of DIR/gpu_decode.json;
+                                                     --save: a copy for results/ without the per-file name lists)
 
 run, stage by stage:
 1. prepare: writes the val images as c8 and c16 .ndc files and shards and as JPEG at the same bpp
@@ -30,7 +31,7 @@ from nodecode.codec.gpu_entropy import BatchDecoder, decode_triton, pack_files, 
 from nodecode.codec.zoo import load_codec
 from nodecode.data.shards import read_shard
 from nodecode.experiments import Budget, Runs, best_seconds, experiment_parser, markdown_table
-from nodecode.utils import provenance
+from nodecode.utils import provenance, write_json
 
 STAGES: list = []       # (key, function of the run's arguments), in order
 
@@ -173,6 +174,16 @@ def table(done: dict) -> str:
     return "\n".join(lines)
 
 
+def committed_copy(done: dict) -> dict:
+    """gpu_decode.json without the run state's per-file lists (prepare's names / originals, counts kept)."""
+    prep = {k: v for k, v in done.get("prepare", {}).items() if k not in ("names", "originals")}
+    for k in ("names", "originals"):
+        if k in done.get("prepare", {}):
+            prep[f"{k}_count"] = len(done["prepare"][k])
+    return {**done, "prepare": {**prep, "note": "the per-file name lists of the run state are dropped from this "
+                                                "committed copy (counts kept)"}} if "prepare" in done else dict(done)
+
+
 def main(argv=None):
     ap = experiment_parser(__doc__, budget_minutes=9.0)
     ap.add_argument("val_dir", nargs="?", help="run: the ImageFolder of val images (e.g. imagenette2-224/val)")
@@ -184,6 +195,7 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None, help="e2e: passes over the set per timed row (default 4)")
     ap.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
+    ap.add_argument("--save", default=None, help="collect: write a copy without the per-file lists here")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows, e.g. "
                     "max-autotune-no-cudagraphs")
     a = ap.parse_args(argv)
@@ -214,6 +226,8 @@ def main(argv=None):
         runs.done["wall_s_this_call"] = budget.elapsed() * 60
         runs.save()
     done = runs.done
+    if a.stage == "collect" and a.save:
+        write_json(Path(a.save), committed_copy(done))
     print(f"\n== {done.get('device', '?')}  (JSON in {runs.path}; finished: {done.get('finished', False)}) ==")
     print(table(done))
 

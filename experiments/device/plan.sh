@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# A whole session's GPU work as background chains that outlive the 10-minute calls (experiments/device/README.md):
+#   bash experiments/device/plan.sh start C0 [C1 ...]   copy the checkout to /root/repo, start chain Ck on GPU k (setsid)
+#   bash experiments/device/plan.sh poll [S]   sleep S seconds (or until every chain ended), show each chain's tail
+#   bash experiments/device/plan.sh autotune   issue 13's cResNet-51 vs decoder + ResNet-50, compiled in each of
+#                  AUTOTUNE_MODES (default: default, then max-autotune-no-cudagraphs with AUTOTUNE_S s) ($OUT/speed-*.json)
+#   bash experiments/device/plan.sh collect    /root/results (no bundle candidates) as $OUT/results.tar
+# Each chain runs call.sh stages one after the other on its own GPU, each stage with its own --state and --out, so
+# they never share a runs.json; a stage resumes from /root when a chain is started again on the same machine.
+# Chains (2026-11-28 (i) session, `nvidia-h200-x2`):
+#   e2e   issue 13: full-width classifiers for the e2e top-1 (c8/c16 cResNet-51, RGB ResNet-50, seed 0, the
+#         40-epoch recipe as the earlier e2e run), then gpu_decode.py with them
+#   probe issue 12's c8 C1 probe (decoder_resnet50 on the latent, imagenette60, width 0.25, three seeds)
+#   search issue 12's RGB >= 90% miss: recipe search on held-out train (imagenette60 + ep80 / b64); a variant above the
+#         recorded ep60 (90.81 held-out) is then trained on val at three seeds
+set -u
+HELDOUT_EP60=0.9081309398099261   # results/classification/matched/search.json: search-ep60, the imagenette60 recipe itself
+
+e2e() {
+  stage g0a 14 matched "--points c8,c16 --widths 1 --arms latent:cresnet51,rgb:resnet50 --seeds 0 --per-gpu 3"
+  mkdir -p /root/cls
+  for k in c8-latent-cresnet51 c16-latent-cresnet51 none-rgb-resnet50; do
+    ln -sfn "/root/matched/runs/$k-w1-s0" "/root/cls/$k-s0"
+  done
+  python3 experiments/speed/gpu_decode.py run /root/data/imagenette2-224/val --out /root/results/gpu_decode \
+    --work /root/gpu_decode_work --classifiers /root/cls --budget-minutes 8 --repeat 4 \
+    2>&1 | tee /root/results/logs/gpu_decode.log
+}
+
+probe() {
+  stage g0b 12 matched "--state /root/mprobe --out /root/results/mprobe --recipe imagenette60 --points c8
+    --widths 0.25 --arms latent:decoder_resnet50 --per-gpu 3"
+}
+
+search() {
+  stage g1a 16 matchedsearch "--state /root/msearch --out /root/results/msearch --recipe imagenette60 --widths 1
+    --variants ep80,b64 --per-gpu 2"
+  sets=$(python3 - "$HELDOUT_EP60" <<'EOF'
+import json, sys
+rows = json.load(open("/root/msearch/search.json")).values()
+best = max(rows, key=lambda r: r["val"]["top1"], default=None)
+if best and best["val"]["top1"] > float(sys.argv[1]):
+    print(" ".join(f"--set {k}={json.dumps(v)}" for k, v in best["overrides"].items()))
+EOF
+)
+  echo "search winner over ep60: ${sets:-none}"
+  [ -n "$sets" ] && stage g1b 16 matched "--state /root/mval --out /root/results/mval --recipe imagenette60 $sets
+    --points c8 --widths 1 --arms rgb:resnet50 --per-gpu 3"
+}
+
+stage() {  # TAG BUDGET_MIN STAGE MATCHED_ARGS: one call.sh, its OUT under /root/calls (a run call's own $OUT is emptied)
+  mkdir -p "/root/calls/$1"
+  OUT="/root/calls/$1" TAG="$1" BUDGET_MIN="$2" MATCHED_ARGS="$(echo $4)" bash experiments/device/call.sh "$3"
+}
+
+case "${1:-}" in
+  start)
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    mkdir -p /root/data /root/results/logs /root/repo
+    for t in .device-data/*.tar; do [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"; done
+    tar --exclude=.device-data -cf - . | tar -xf - -C /root/repo
+    cd /root/repo
+    export -f e2e probe search stage
+    export HELDOUT_EP60 PYTHONPATH=/tmp/site:/root/repo/src PYTHONUNBUFFERED=1
+    shift; g=0
+    for c in "$@"; do
+      CUDA_VISIBLE_DEVICES=$g setsid bash -c "$c; echo chain-end" > "/root/results/logs/chain-gpu$g.log" 2>&1 < /dev/null &
+      g=$((g + 1))
+    done
+    sleep 5; tail -n 3 /root/results/logs/chain-gpu*.log ;;
+  poll)
+    end=$(( $(date +%s) + ${2:-500} ))
+    while [ "$(date +%s)" -lt "$end" ]; do
+      [ "$(grep -L chain-end /root/results/logs/chain-gpu*.log | wc -l)" -eq 0 ] && break
+      sleep 10
+    done
+    for f in /root/results/logs/chain-gpu*.log; do echo "== $f"; grep -v '^\s*$' "$f" | tail -n 15; done
+    nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
+  autotune)
+    export PYTHONPATH=/tmp/site:$PWD/src
+    python3 -c "import constriction" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile \
+      --no-cache-dir --target /tmp/site .whl/*.whl
+    for mode in ${AUTOTUNE_MODES:-default max-autotune-no-cudagraphs}; do
+      limit=$([ $mode = default ] && echo 150 || echo "${AUTOTUNE_S:-300}")
+      timeout -k 5 "$limit" python3 -m nodecode.cli bench speed --models cresnet51,resnet50+decoder \
+        --impls compiled --compile-mode "$mode" --compile-budget-s 600 --json "$OUT/speed-$mode.json" 2>&1 \
+        | grep -v "^W[0-9]\{4\} \|^\s*$" | tail -n 12
+    done ;;
+  collect)
+    tar --exclude='*/bundled/*.safetensors' -cf "$OUT/results.tar" -C /root results && ls -la "$OUT" ;;
+  *) echo "usage: plan.sh start CHAIN...|poll [S]|autotune|collect"; exit 2 ;;
+esac
