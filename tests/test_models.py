@@ -34,7 +34,8 @@ def build(name, **kw):
 
 
 def test_registry_lists_every_model():
-    assert set(list_models()) == set(CLS + SEG + ["decoder_resnet50"])      # + the issue-12 ablation
+    assert set(list_models()) == set(CLS + SEG + ["decoder_resnet50", "decoder_resnet50_codec"])  # + issue-12 ablations
+    assert [n for n in list_models() if get_config(n).codec_init] == ["decoder_resnet50_codec"]
     assert list_models("cresnet*_d") == ["cresnet39_d", "cresnet51_d", "cresnet72_d"]
     assert get_config("cresnet51").input == "latent" and get_config("cresnet51").input_size == (28, 28)
     assert get_config("resnet50_d").input_size == (320, 320) and get_config("cresnet39_d").input_size == (40, 40)
@@ -64,6 +65,25 @@ def test_decoder_resnet50_is_the_decoder_architecture_then_resnet50():
     assert {k: v.shape for k, v in m[0].state_dict().items()} == {k: v.shape for k, v in ref.items()}
     assert {k: v.shape for k, v in m[1].state_dict().items()} == \
         {k: v.shape for k, v in build("resnet50").state_dict().items()}
+
+
+def test_decoder_resnet50_codec_starts_from_the_codecs_decoder_on_the_centred_latent():
+    """init_from_codec: the ablation's g_s takes the bundled c8 decoder's weights, and on the classifier's centred input
+    ŷ − m it gives the codec's own g_s(ŷ) (its offset adds m back); from scratch (no init) the same input does not."""
+    from nodecode.codec.zoo import load_codec
+    from nodecode.models import init_from_codec
+    codec = load_codec("c8", torch.device("cpu"))
+    m = build("decoder_resnet50_codec")
+    y = codec.quantizer.centers[torch.randint(0, codec.config.num_centers, (2, C, LAT, LAT))]
+    mean = y.mean(dim=(0, 2, 3))
+    with torch.no_grad():
+        ref = codec.g_s(y)
+        assert not torch.allclose(m[0](y - mean.view(1, -1, 1, 1)), ref, atol=1e-3)
+        init_from_codec(m, codec, mean)
+        assert torch.allclose(m[0](y - mean.view(1, -1, 1, 1)), ref, atol=1e-5)
+    assert all(torch.equal(m[0].state_dict()[k], v) for k, v in codec.g_s.state_dict().items())
+    assert m[0].state_dict()["latent_offset"].tolist() == pytest.approx(mean.tolist())
+    assert set(m[1].state_dict()) == set(build("resnet50").state_dict())
 
 
 def test_cresnet_conv3_does_not_downsample():

@@ -29,8 +29,9 @@ from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, e
                                   plot_arms, prepare_once, read_json, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
-# beyond the paper, run only when --arms names it: g_s's architecture trained from scratch + ResNet-50 on the latent
-ABLATIONS = (("latent", "decoder_resnet50"),)
+# beyond the paper, run only when --arms names it: g_s's architecture + ResNet-50 on the latent, g_s trained from
+# scratch (decoder_resnet50) or from the codec's decoder (decoder_resnet50_codec)
+ABLATIONS = (("latent", "decoder_resnet50"), ("latent", "decoder_resnet50_codec"))
 SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original RGB, judged on the held-out split
     "base": {}, "lr0.1": {"base_lr": 0.1}, "lr0.4": {"base_lr": 0.4}, "wd1e-4": {"weight_decay": 1e-4},
     "wd1e-3": {"weight_decay": 1e-3}, "ls0": {"label_smoothing": 0.0}, "ep60": {"epochs": 60},

@@ -11,6 +11,7 @@
 #   e2e   issue 13: full-width classifiers for the e2e top-1 (c8/c16 cResNet-51, RGB ResNet-50, seed 0, the
 #         40-epoch recipe as the earlier e2e run), then gpu_decode.py with them
 #   probe issue 12's c8 C1 probe (decoder_resnet50 on the latent, imagenette60, width 0.25, three seeds)
+#   probecodec  the same with g_s starting from the codec's decoder (decoder_resnet50_codec; next session)
 #   search issue 12's RGB >= 90% miss: recipe search on held-out train (imagenette60 + ep80 / b64); a variant above the
 #         recorded ep60 (90.81 held-out) is then trained on val at three seeds
 set -u
@@ -30,6 +31,11 @@ e2e() {
 probe() {
   stage g0b 12 matched "--state /root/mprobe --out /root/results/mprobe --recipe imagenette60 --points c8
     --widths 0.25 --arms latent:decoder_resnet50 --per-gpu 3"
+}
+
+probecodec() {
+  stage g0c 12 matched "--state /root/mprobe2 --out /root/results/mprobe2 --recipe imagenette60 --points c8
+    --widths 0.25 --arms latent:decoder_resnet50_codec --per-gpu 3"
 }
 
 search() {
@@ -60,7 +66,7 @@ case "${1:-}" in
     for t in .device-data/*.tar; do [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"; done
     tar --exclude=.device-data -cf - . | tar -xf - -C /root/repo
     cd /root/repo
-    export -f e2e probe search stage
+    export -f e2e probe probecodec search stage
     export HELDOUT_EP60 PYTHONPATH=/tmp/site:/root/repo/src PYTHONUNBUFFERED=1
     shift; g=0
     for c in "$@"; do

@@ -72,6 +72,17 @@ class Decoder(nn.Sequential):
         )
 
 
+class CenteredDecoder(Decoder):
+    """g_s for a centred latent ŷ − m (a classifier's input): `latent_offset` (m; zero until set) is added back first."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels)
+        self.register_buffer("latent_offset", torch.zeros(channels))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return super().forward(y + self.latent_offset.view(1, -1, 1, 1).to(y.dtype))
+
+
 class CompressionModel(nn.Module):
     """The codec: x -> g_a -> Q̄ -> ŷ -> g_s -> x̂, with per-channel integer tables for entropy coding."""
 

@@ -5,6 +5,7 @@ import fnmatch
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import torch
 from torch import nn
 
 from nodecode.models.resnet import ResNet
@@ -23,6 +24,7 @@ class ModelConfig:
     task: str                       # "classification" or "segmentation"
     output_stride: int              # input size / backbone output size
     paper_gmacs: float | None       # Table 1 (classification nets only)
+    codec_init: str | None = None   # "g_s": training starts the first module from the codec's decoder (init_from_codec)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -33,7 +35,7 @@ _CONFIGS: dict[str, ModelConfig] = {}
 
 
 def register_model(*, input: str, paper_gmacs: float | None = None, task: str = "classification",
-                   output_stride: int = 32, input_size: tuple[int, int] | None = None):
+                   output_stride: int = 32, input_size: tuple[int, int] | None = None, codec_init: str | None = None):
     """Decorator: register `fn(in_channels, num_classes, **kw) -> nn.Module` under its function name."""
     if input not in ("rgb", "latent"):
         raise ValueError(f"input must be 'rgb' or 'latent', not {input!r}")
@@ -47,7 +49,7 @@ def register_model(*, input: str, paper_gmacs: float | None = None, task: str = 
                               ("latent", False): (28, 28), ("latent", True): (40, 40)}[input, seg]
         _MODELS[name] = fn
         _CONFIGS[name] = ModelConfig(name, input, tuple(size), 3 if input == "rgb" else DEFAULT_LATENT_CHANNELS,
-                                     21 if seg else 1000, task, output_stride, paper_gmacs)
+                                     21 if seg else 1000, task, output_stride, paper_gmacs, codec_init)
         return fn
     return wrap
 
@@ -154,6 +156,22 @@ def decoder_resnet50(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw
     applies to the ResNet): is the decoded arm's edge the decoder's learned weights or its extra depth?"""
     from nodecode.codec.autoencoder import Decoder
     return nn.Sequential(Decoder(in_channels), _rgb([3, 4, 6, 3], False, 3, num_classes, kw))
+
+
+@register_model(input="latent", output_stride=4, codec_init="g_s")
+def decoder_resnet50_codec(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
+    """decoder_resnet50 whose g_s starts from the codec's trained decoder and is trained on with the ResNet (the
+    decoded arm with g_s no longer frozen): the decoder's weights as pre-training, against the ablation's fresh g_s."""
+    from nodecode.codec.autoencoder import CenteredDecoder
+    return nn.Sequential(CenteredDecoder(in_channels), _rgb([3, 4, 6, 3], False, 3, num_classes, kw))
+
+
+def init_from_codec(model: nn.Module, codec, latent_mean) -> None:
+    """Start a codec_init="g_s" model's front from `codec`'s decoder; its offset adds back the channel means that the
+    input pipeline subtracts, so that g_s first sees ŷ exactly as in the codec."""
+    front = model[0]
+    state = {k: v.detach().clone() for k, v in codec.g_s.state_dict().items()}
+    front.load_state_dict({**state, "latent_offset": torch.as_tensor(latent_mean, dtype=torch.float32)})
 
 
 # Segmentation networks, §5.1: atrous conv4_x/conv5_x (dilation 2/4) and an ASPP head.

@@ -33,7 +33,7 @@ from nodecode.data.latents import channel_mean
 from nodecode.config import option
 from nodecode.errors import NodecodeError
 from nodecode.eval.metrics import topk_accuracy
-from nodecode.models import create_model, get_config
+from nodecode.models import create_model, get_config, init_from_codec
 from nodecode.models.registry import pretrained_cfg
 from nodecode.tasks.checkpoint import save_weights
 from nodecode.tasks.engine import Engine, RunOptions, TrainResult, init_distributed, is_main_process
@@ -252,6 +252,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
 
     model = create_model(cfg.model, in_channels=train_x.shape[1], num_classes=len(train_f.classes),
                          width=cfg.width).to(device)
+    if get_config(cfg.model).codec_init:     # a latent model (check_kind), so the codec is loaded
+        init_from_codec(model, codec, mean)
     if cfg.init:
         src, src_meta = load_classifier(cfg.init, device)
         if src_meta["model"] != cfg.model or src_meta["in_channels"] != train_x.shape[1] \
