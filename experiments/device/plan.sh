@@ -12,6 +12,7 @@
 #         40-epoch recipe as the earlier e2e run), then gpu_decode.py with them
 #   probe issue 12's c8 C1 probe (decoder_resnet50 on the latent, imagenette60, width 0.25, three seeds)
 #   probecodec  the same with g_s starting from the codec's decoder (decoder_resnet50_codec; next session)
+#   c3    issue 12's C3 at c32: four 40-epoch backbones, then the segmenters still missing (CamVid staged; next session)
 #   search issue 12's RGB >= 90% miss: recipe search on held-out train (imagenette60 + ep80 / b64); a variant above the
 #         recorded ep60 (90.81 held-out) is then trained on val at three seeds
 set -u
@@ -38,6 +39,14 @@ probecodec() {
     --widths 0.25 --arms latent:decoder_resnet50_codec --per-gpu 3"
 }
 
+c3() {   # issue 12's C3 at c32: the segmenters still missing (seeds) on backbones of the committed 40-epoch recipe
+  stage g1c 12 matched "--points c32 --widths 0.25 --arms decoded:resnet50,latent:cresnet51,latent:cresnet39 --runs
+    c32-decoded-resnet50-w0.25-s2,c32-latent-cresnet51-w0.25-s2,c32-latent-cresnet39-w0.25-s1,c32-latent-cresnet39-w0.25-s2
+    --per-gpu 4"
+  stage g1d 8 segmatched "--points c32 --widths 0.25 --done results/segmentation/matched/runs.json --runs
+    c32-decoded-resnet50_d-w0.25-s2,c32-latent-cresnet51_d-w0.25-s2,c32-latent-cresnet39_d-w0.25-s1,c32-latent-cresnet39_d-w0.25-s2"
+}
+
 search() {
   stage g1a 16 matchedsearch "--state /root/msearch --out /root/results/msearch --recipe imagenette60 --widths 1
     --variants ep80,b64 --per-gpu 2"
@@ -54,9 +63,11 @@ EOF
     --points c8 --widths 1 --arms rgb:resnet50 --per-gpu 3"
 }
 
-stage() {  # TAG BUDGET_MIN STAGE MATCHED_ARGS: one call.sh, its OUT under /root/calls (a run call's own $OUT is emptied)
+stage() {  # TAG BUDGET_MIN STAGE ARGS: one call.sh, ARGS as the stage's *_ARGS, its OUT under /root/calls (a run
+           # call's own $OUT is emptied at the next call)
   mkdir -p "/root/calls/$1"
-  OUT="/root/calls/$1" TAG="$1" BUDGET_MIN="$2" MATCHED_ARGS="$(echo $4)" bash experiments/device/call.sh "$3"
+  OUT="/root/calls/$1" TAG="$1" BUDGET_MIN="$2" MATCHED_ARGS="$(echo $4)" SEGMATCHED_ARGS="$(echo $4)" \
+    bash experiments/device/call.sh "$3"
 }
 
 case "${1:-}" in
@@ -66,7 +77,7 @@ case "${1:-}" in
     for t in .device-data/*.tar; do [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"; done
     tar --exclude=.device-data -cf - . | tar -xf - -C /root/repo
     cd /root/repo
-    export -f e2e probe probecodec search stage
+    export -f e2e probe probecodec c3 search stage
     export HELDOUT_EP60 PYTHONPATH=/tmp/site:/root/repo/src PYTHONUNBUFFERED=1
     shift; g=0
     for c in "$@"; do
