@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from nodecode.codec.zoo import load_codec
-from nodecode.data.augment import InputPipeline
+from nodecode.data.augment import InputPipeline, generator
 from nodecode.data.classification import holdout_split, load_inputs
-from nodecode.data.codec_augment import CodecAugmentBatches, resized_crop_params, resized_crops, through_codec
+from nodecode.data.codec_augment import (CodecAugmentBatches, cutmix_params, paste_boxes, resized_crop_params,
+                                         resized_crops, through_codec)
 from nodecode.data.folders import load_rgb, scan_image_folder
 from nodecode.models import create_model
 from nodecode.tasks.classification import ClassifierTrainConfig, train_classifier
@@ -79,6 +80,40 @@ def test_arms_draw_the_same_augmentation_per_step(rgb, c8):
 
 
 @needs(IMAGENETTE)
+def test_cutmix_pastes_the_partners_crop_before_the_codec_with_area_weighted_labels(rgb, c8):
+    """CutMix: inside its box an image shows its partner's augmented crop, outside its own; the soft label weighs the
+    two classes by the pixels each keeps; every arm draws the same partners and boxes (the latent arm encodes the
+    mixed image); two processes together give the one-process batch."""
+    y = torch.arange(len(rgb)) % 3
+    pipe = {k: InputPipeline(k, torch.zeros(8 if k == "latent" else 3), c8) for k in ("rgb", "latent")}
+    mix = {k: CodecAugmentBatches(rgb, y, pipe[k], 6, k, c8, seed=2, cutmix=3) for k in pipe}
+    plain = CodecAugmentBatches(rgb, y, pipe["rgb"], 6, "rgb", seed=2)
+    step = 1
+    idx, boxes = plain.global_indices(step), plain.params(6, step)
+    perm, cut = cutmix_params(6, generator(2, 3, step))                   # what the batches draw at this step
+    assert perm.sort().values.tolist() == list(range(6)) and (cut[:, 2:] <= 1).all()
+    (xr, yr), (xl, yl) = mix["rgb"](step), mix["latent"](step)
+    own = resized_crops(rgb[idx], boxes)
+    assert torch.equal(plain(step)[0].round().to(torch.uint8), own)     # without CutMix: the crops themselves
+    mixed, lam = paste_boxes(own, own[perm], cut)                         # the partner's crop inside the box
+    assert torch.equal(xr.round().to(torch.uint8), mixed) and not torch.equal(mixed, own) and (lam < 1).any()
+    onehot = torch.nn.functional.one_hot
+    assert torch.allclose(yr, lam[:, None] * onehot(y[idx], 3) + (1 - lam[:, None]) * onehot(y[idx[perm]], 3))
+    assert yr.shape == (6, 3) and torch.allclose(yr.sum(1), torch.ones(6)) and torch.equal(yr, yl)
+    assert torch.equal(xl, c8.latent(c8.encode_symbols(xr.round().to(torch.uint8).float() / 255)))
+    halves = [CodecAugmentBatches(rgb, y, pipe["rgb"], 6, "rgb", seed=2, rank=r, world=2, cutmix=3)(step)
+              for r in (0, 1)]
+    assert torch.equal(torch.cat([h[0] for h in halves]), xr) and torch.equal(torch.cat([h[1] for h in halves]), yr)
+    x = torch.zeros(1, 3, 10, 10, dtype=torch.uint8)
+    out, lam = paste_boxes(x, torch.full_like(x, 255), torch.tensor([[0.2, 0.0, 0.5, 1.0]]))
+    assert out[0, 0, 2:7].eq(255).all() and out[0, 0, :2].eq(0).all() and lam.item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="on-the-fly"):
+        CodecAugmentBatches(rgb, y, pipe["rgb"], 6, "rgb", seed=2, cutmix=3, variants=1)
+    with pytest.raises(Exception, match="CutMix"):
+        Recipe().with_overrides(cutmix=True)                               # augment input: no CutMix
+
+
+@needs(IMAGENETTE)
 def test_cached_variants(rgb, c8):
     y = torch.arange(len(rgb))
     b = CodecAugmentBatches(rgb, y, InputPipeline("latent", torch.zeros(8), c8), 4, "latent", c8, seed=1, variants=2)
@@ -135,6 +170,11 @@ def test_train_imagenette_recipe_on_holdout(folder, tmp_path):
     assert s["recipe"]["augment"] == "codec" and s["steps"] == 4
     with pytest.raises(Exception, match="webp"):
         train_classifier(ClassifierTrainConfig(**{**cfg.__dict__, "input": "webp", "out": str(tmp_path / "w")}))
+    cut = train_classifier(ClassifierTrainConfig(**{**cfg.__dict__, "cutmix": True, "out": str(tmp_path / "c")}))
+    assert cut.finished and cut.summary["recipe"]["cutmix"] and 0 <= cut.metrics["top1"] <= 1   # soft labels train
+    with pytest.raises(Exception, match="on the fly"):
+        train_classifier(ClassifierTrainConfig(**{**cfg.__dict__, "cutmix": True, "augment_variants": 2,
+                                                  "out": str(tmp_path / "v")}))
 
 
 def test_augment_speed_bench_rows():

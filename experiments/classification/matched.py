@@ -36,7 +36,7 @@ SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original 
     "base": {}, "lr0.1": {"base_lr": 0.1}, "lr0.4": {"base_lr": 0.4}, "wd1e-4": {"weight_decay": 1e-4},
     "wd1e-3": {"weight_decay": 1e-3}, "ls0": {"label_smoothing": 0.0}, "ep60": {"epochs": 60},
     "ep80": {"epochs": 80}, "b64": {"batch_size": 64}, "scale0.2": {"scale": [0.2, 1.0]},
-    "inputaug": {"augment": "input"},
+    "inputaug": {"augment": "input"}, "cutmix": {"cutmix": True}, "cutmix-ep80": {"cutmix": True, "epochs": 80},
 }
 SMOKE_CLASSES = ["n01440764", "n02102040", "n02979186"]
 

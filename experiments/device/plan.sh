@@ -13,8 +13,8 @@
 #   probe issue 12's c8 C1 probe (decoder_resnet50 on the latent, imagenette60, width 0.25, three seeds)
 #   probecodec  the same with g_s starting from the codec's decoder (decoder_resnet50_codec; next session)
 #   c3    issue 12's C3 at c32: four 40-epoch backbones, then the segmenters still missing (CamVid staged; next session)
-#   search issue 12's RGB >= 90% miss: recipe search on held-out train (imagenette60 + ep80 / b64); a variant above the
-#         recorded ep60 (90.81 held-out) is then trained on val at three seeds
+#   search issue 12's RGB >= 90% miss: recipe search on held-out train (imagenette60 + cutmix / cutmix-ep80; the (i)
+#         session ran ep80 / b64); a variant above the recorded ep60 (90.81 held-out) is then trained on val, 3 seeds
 set -u
 HELDOUT_EP60=0.9081309398099261   # results/classification/matched/search.json: search-ep60, the imagenette60 recipe itself
 
@@ -49,7 +49,7 @@ c3() {   # issue 12's C3 at c32: the segmenters still missing (seeds) on backbon
 
 search() {
   stage g1a 16 matchedsearch "--state /root/msearch --out /root/results/msearch --recipe imagenette60 --widths 1
-    --variants ep80,b64 --per-gpu 2"
+    --variants cutmix,cutmix-ep80 --per-gpu 2"
   sets=$(python3 - "$HELDOUT_EP60" <<'EOF'
 import json, sys
 rows = json.load(open("/root/msearch/search.json")).values()

@@ -11,6 +11,11 @@ draws exactly the same crops and mirrors per step. Encoding is batched, under no
 
 Two modes: on the fly (`variants` 0: new parameters every step), or K augmented variants per image computed once
 (parameters seeded by (seed, variant)); each step then picks one stored variant per image.
+
+CutMix (`cutmix`, on the fly only): after the crop, each image gets a box of its partner's augmented image pasted in,
+in RGB, before the codec (so the latent arm sees the latent of the mixed image); the labels become soft, weighted by
+the pixels each image keeps. Partners and boxes come from the seed and the step over the global batch, the same for
+every arm and every number of processes.
 """
 from __future__ import annotations
 
@@ -37,6 +42,30 @@ def resized_crop_params(n: int, gen: torch.Generator, scale=(0.35, 1.0), ratio=(
     x0 = torch.rand(n, generator=gen) * (1 - w)
     mirror = (torch.rand(n, generator=gen) < 0.5).float()
     return torch.stack([mirror, y0, x0, h, w], 1)
+
+
+def cutmix_params(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019) for a batch of n: each image's partner (a permutation) and (n, 4) boxes [y0, x0, h, w]
+    as fractions of the side: λ ~ U(0, 1) (Beta(1, 1), the paper's choice), side √(1 − λ), centre uniform, clipped."""
+    perm = torch.randperm(n, generator=gen)
+    side = (1 - torch.rand(n, generator=gen)).sqrt()
+    cy, cx = torch.rand(n, generator=gen), torch.rand(n, generator=gen)
+    y0, y1 = (cy - side / 2).clamp(0, 1), (cy + side / 2).clamp(0, 1)
+    x0, x1 = (cx - side / 2).clamp(0, 1), (cx + side / 2).clamp(0, 1)
+    return perm, torch.stack([y0, x0, y1 - y0, x1 - x0], 1)
+
+
+def paste_boxes(u8: torch.Tensor, partner: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (B, C, H, W) with each box (fractions, cutmix_params) taken from `partner`; and λ (B,), the fraction of
+    pixels each image keeps (after rounding the box to pixels)."""
+    b, _, h, w = u8.shape
+    boxes = boxes.to(u8.device, torch.float32)
+    y0, x0 = (boxes[:, 0] * h).round(), (boxes[:, 1] * w).round()
+    y1, x1 = ((boxes[:, 0] + boxes[:, 2]) * h).round(), ((boxes[:, 1] + boxes[:, 3]) * w).round()
+    rows, cols = torch.arange(h, device=u8.device), torch.arange(w, device=u8.device)
+    inside = (((rows >= y0[:, None]) & (rows < y1[:, None]))[:, :, None]
+              & ((cols >= x0[:, None]) & (cols < x1[:, None]))[:, None, :])                  # (B, H, W)
+    return torch.where(inside[:, None], partner, u8), 1 - inside.float().mean((1, 2))
 
 
 def resized_crops(u8: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -86,13 +115,17 @@ class CodecAugmentBatches(Batches):
     """batch_fn(step) -> (inputs, labels): RGB random-resized crop + mirror, then the arm's path (module doc).
 
     `data` are the uint8 RGB training images (on the device); `pipeline` is the arm's InputPipeline (centering,
-    ŷ = centers[z] for the latent), used without its own crop."""
+    ŷ = centers[z] for the latent), used without its own crop. With `cutmix` (the number of classes), the labels are
+    soft (B, classes) targets."""
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor, pipeline: InputPipeline, batch_size: int,
                  kind: str, codec=None, seed: int = 0, rank: int = 0, world: int = 1, scale=(0.35, 1.0),
-                 ratio=(3 / 4, 4 / 3), variants: int = 0, amp: bool = True, chunk: int = 256):
+                 ratio=(3 / 4, 4 / 3), variants: int = 0, amp: bool = True, chunk: int = 256, cutmix: int = 0):
         super().__init__(data, labels, pipeline, batch_size, seed, rank, world)
+        if cutmix and variants:
+            raise ValueError("CutMix draws partners every step: it needs the on-the-fly augmentation (variants 0)")
         self.kind, self.codec, self.scale, self.ratio, self.amp, self.chunk = kind, codec, scale, ratio, amp, chunk
+        self.cutmix = cutmix
         self.variants = self._make_variants(variants) if variants else None
 
     def params(self, n: int, step: int) -> torch.Tensor:
@@ -120,8 +153,14 @@ class CodecAugmentBatches(Batches):
             pick = torch.randint(0, len(self.variants), (len(idx),), generator=generator(self.seed, 1, step))[mine]
             idx = idx[mine].to(self.data.device)
             x = self.variants[pick.to(self.data.device), idx]
-        else:
-            boxes = self.params(len(idx), step)[mine]
-            idx = idx[mine].to(self.data.device)
-            x = self.augment(self.data[idx], boxes)
-        return self.pipeline(x), self.labels[idx]
+            return self.pipeline(x), self.labels[idx]
+        boxes = self.params(len(idx), step)
+        here = idx[mine].to(self.data.device)
+        x, y = resized_crops(self.data[here], boxes[mine]), self.labels[here]
+        if self.cutmix:
+            perm, cut = cutmix_params(len(idx), generator(self.seed, 3, step))
+            there = idx[perm[mine]].to(self.data.device)
+            x, lam = paste_boxes(x, resized_crops(self.data[there], boxes[perm[mine]]), cut[mine])
+            lam = lam[:, None]
+            y = lam * F.one_hot(y, self.cutmix) + (1 - lam) * F.one_hot(self.labels[there], self.cutmix)
+        return self.pipeline(through_codec(x, self.kind, self.codec, self.amp, self.chunk)), y

@@ -80,6 +80,8 @@ class ClassifierTrainConfig(RunOptions):
                                                + by_recipe("scale"), metavar="LO,HI")
     ratio: tuple[float, float] | None = option(None, "codec augmentation: crop aspect ratio range "
                                                + by_recipe("ratio"), metavar="LO,HI")
+    cutmix: bool | None = option(None, "codec augmentation: CutMix (a box of another image pasted in RGB before the "
+                                       "codec, labels mixed by area) " + by_recipe("cutmix"))
     augment_variants: int = option(0, "codec augmentation: 0 on the fly, K: K augmented variants per image made once")
     codec_amp: bool = option(True, "codec augmentation: bf16 autocast for the codec's encoder / decoder on CUDA")
     holdout_frac: float | None = option(None, "evaluate on this fraction of train (per class, by seed) held out, "
@@ -217,6 +219,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
         raise NodecodeError("under DDP, bn_batch must be unset or equal to the per-process batch")
     if rec.augment == "codec" and cfg.input == "webp":
         raise NodecodeError("augmentation through the codec has no webp arm (use --augment input for webp)")
+    if rec.cutmix and cfg.augment_variants:
+        raise NodecodeError("CutMix draws partners every step: it needs --augment-variants 0 (on the fly)")
     if rec.augment == "codec" and cfg.input == "ndc":
         raise NodecodeError("augmentation through the codec needs the images; --input ndc has only .ndc shards "
                             "(use --augment input)")
@@ -245,7 +249,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
     pipe = InputPipeline(kind, mean, codec, cfg.pad, channels_last=cuda)
     if rec.augment == "codec":
         batches = CodecAugmentBatches(train_rgb.to(device), train_y, pipe, rec.batch_size, cfg.input, codec, cfg.seed,
-                                      rank, world, rec.scale, rec.ratio, cfg.augment_variants, cfg.amp and cfg.codec_amp)
+                                      rank, world, rec.scale, rec.ratio, cfg.augment_variants,
+                                      cfg.amp and cfg.codec_amp, cutmix=len(train_f.classes) if rec.cutmix else 0)
     else:
         batches = Batches(train_x, train_y, pipe, rec.batch_size, cfg.seed, rank, world)
     spe = batches.steps_per_epoch
@@ -280,8 +285,8 @@ def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
     def step_fn(net, batch):
         x, y = batch
         logits = net(x) if bn >= len(x) else torch.cat([net(c) for c in x.split(bn)])
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=rec.label_smoothing)
-        return loss, {"top1": (logits.argmax(1) == y).float().mean()}
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=rec.label_smoothing)   # y soft under CutMix
+        return loss, {"top1": (logits.argmax(1) == (y.argmax(1) if y.dim() > 1 else y)).float().mean()}
 
     def eval_fn(m, step):
         last.update(evaluate(m, val_x, val_y, pipe, cfg.eval_batch), epoch=step / spe)

@@ -39,6 +39,7 @@ class Recipe:
     augment: str = "input"              # input: crop/mirror of the network input (App. A.4) | codec: RGB, then codec
     scale: tuple[float, float] = (0.35, 1.0)      # codec augmentation: random-resized crop area fraction
     ratio: tuple[float, float] = (3 / 4, 4 / 3)   # and aspect ratio range
+    cutmix: bool = False                # codec augmentation: CutMix in RGB before the codec, soft labels
 
     def lr(self) -> float:
         """The peak learning rate at this recipe's batch size."""
@@ -70,6 +71,8 @@ class Recipe:
             raise NodecodeError(f"unknown augmentation {self.augment!r} (choose from {', '.join(AUGMENTS)})")
         if not 0 <= self.label_smoothing < 1 or self.weight_decay < 0 or self.base_lr <= 0 or self.epochs < 1:
             raise NodecodeError("recipe values out of range (label smoothing in [0, 1), weight decay >= 0, lr > 0)")
+        if self.cutmix and self.augment != "codec":
+            raise NodecodeError("CutMix is part of the augmentation through the codec (augment codec)")
         if not 0 < self.scale[0] <= self.scale[1] <= 1 or not 0 < self.ratio[0] <= self.ratio[1]:
             raise NodecodeError(f"bad random-resized crop ranges: scale {self.scale}, ratio {self.ratio}")
 
