@@ -7,7 +7,7 @@
 #   (no verb)    only unpack data; `ready-train` / `ready-camvid` mark those data sets complete for the pipeline
 set -u
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
-[ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
+bash experiments/device/wheels.sh || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src
 mkdir -p /root/data /root/res /root/marks
 for t in .device-data/*.tar; do

@@ -7,9 +7,7 @@
 # TAG names this call.sh's logs when two run side by side (each with its own OUT and CUDA_VISIBLE_DEVICES)
 set -u
 # once per machine (two call.sh side by side must not both write /tmp/site)
-PYTHONPATH=/tmp/site python3 -c "import constriction, pytorch_msssim" 2>/dev/null \
-  || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  || { echo "wheel install failed"; exit 1; }
+bash experiments/device/wheels.sh || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
 mkdir -p /root/data /root/results/logs
 # finished runs kept from an earlier machine (keep.py pack, KEEP_RUNS below) go back into the grid's state

@@ -94,9 +94,8 @@ case "${1:-}" in
     for f in /root/results/logs/chain-gpu*.log; do echo "== $f"; grep -v '^\s*$' "$f" | tail -n 15; done
     nvidia-smi --query-gpu=index,utilization.gpu,memory.used --format=csv,noheader ;;
   autotune)
+    bash experiments/device/wheels.sh || exit 1
     export PYTHONPATH=/tmp/site:$PWD/src
-    python3 -c "import constriction" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile \
-      --no-cache-dir --target /tmp/site .whl/*.whl
     for mode in ${AUTOTUNE_MODES:-default max-autotune-no-cudagraphs}; do
       limit=$([ $mode = default ] && echo 150 || echo "${AUTOTUNE_S:-300}")
       timeout -k 5 "$limit" python3 -m nodecode.cli bench speed --models cresnet51,resnet50+decoder \

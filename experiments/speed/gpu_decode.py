@@ -176,12 +176,14 @@ def table(done: dict) -> str:
 
 def committed_copy(done: dict) -> dict:
     """gpu_decode.json without the run state's per-file lists (prepare's names / originals, counts kept)."""
-    prep = {k: v for k, v in done.get("prepare", {}).items() if k not in ("names", "originals")}
+    if "prepare" not in done:
+        return dict(done)
+    prep = dict(done["prepare"])
     for k in ("names", "originals"):
-        if k in done.get("prepare", {}):
-            prep[f"{k}_count"] = len(done["prepare"][k])
+        if k in prep:
+            prep[f"{k}_count"] = len(prep.pop(k))
     return {**done, "prepare": {**prep, "note": "the per-file name lists of the run state are dropped from this "
-                                                "committed copy (counts kept)"}} if "prepare" in done else dict(done)
+                                                "committed copy (counts kept)"}}
 
 
 def main(argv=None):

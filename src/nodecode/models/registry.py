@@ -155,7 +155,7 @@ def decoder_resnet50(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw
     """g_s's architecture (App. A.1, full width, trained from scratch with the rest) in front of ResNet-50 (`width`
     applies to the ResNet): is the decoded arm's edge the decoder's learned weights or its extra depth?"""
     from nodecode.codec.autoencoder import Decoder
-    return nn.Sequential(Decoder(in_channels), _rgb([3, 4, 6, 3], False, 3, num_classes, kw))
+    return _behind(Decoder(in_channels), num_classes, kw)
 
 
 @register_model(input="latent", output_stride=4, codec_init="g_s")
@@ -163,7 +163,12 @@ def decoder_resnet50_codec(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000
     """decoder_resnet50 whose g_s starts from the codec's trained decoder and is trained on with the ResNet (the
     decoded arm with g_s no longer frozen): the decoder's weights as pre-training, against the ablation's fresh g_s."""
     from nodecode.codec.autoencoder import CenteredDecoder
-    return nn.Sequential(CenteredDecoder(in_channels), _rgb([3, 4, 6, 3], False, 3, num_classes, kw))
+    return _behind(CenteredDecoder(in_channels), num_classes, kw)
+
+
+def _behind(front: nn.Module, num_classes, kw) -> nn.Sequential:
+    """The ablations' network: a g_s-shaped front (latent -> RGB-sized tensor), then ResNet-50."""
+    return nn.Sequential(front, _rgb([3, 4, 6, 3], False, 3, num_classes, kw))
 
 
 def init_from_codec(model: nn.Module, codec, latent_mean) -> None:
