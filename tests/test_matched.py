@@ -79,21 +79,26 @@ def test_matched_smoke_runs_resumes_and_reports(tmp_path):
 
 @needs(IMAGENETTE)
 def test_matched_ablation_arm_trains_the_decoder_shaped_front_on_the_latent(tmp_path):
-    """--arms picks the grid's arms: the ablations (g_s's architecture + ResNet-50 on the latent, g_s from scratch or
-    from the codec's decoder) run like any arm, their GMACs those of decoder + ResNet-50; an unknown arm is refused
-    before anything runs."""
-    out = _run("run", "--arms", "latent:decoder_resnet50,latent:decoder_resnet50_codec", tmp=tmp_path)
-    assert out.strip().splitlines()[-1] == "4 runs finished; 0 left"
+    """--arms picks the grid's arms: the ablations (g_s's architecture + ResNet-50 on the latent, g_s from scratch, from
+    the codec's decoder, or from it at 1/100 of the lr) run like any arm, their GMACs those of decoder + ResNet-50;
+    an unknown arm is refused before anything runs."""
+    models = ("decoder_resnet50", "decoder_resnet50_codec", "decoder_resnet50_codec_slow")
+    out = _run("run", "--arms", ",".join(f"latent:{m}" for m in models), tmp=tmp_path)
+    assert out.strip().splitlines()[-1] == "6 runs finished; 0 left"
     rep = json.loads((tmp_path / "out" / "matched.json").read_text())
     from nodecode.bench.flops import model_gmacs
     gmacs = model_gmacs("decoder_resnet50", 28, 8, 10, width=0.25)[0]
     assert gmacs > model_gmacs("resnet50", 224, 3, 10, width=0.25)[0] + 3.4
     assert sorted((r["input"], r["model"], r["seeds"], r["gmacs"]) for r in rep["table2"]) == [
-        ("latent", m, [0, 1], gmacs) for m in ("decoder_resnet50", "decoder_resnet50_codec")]
+        ("latent", m, [0, 1], gmacs) for m in models]
     from safetensors.torch import load_file          # the codec arm's g_s saw ŷ: its offset is the latent's mean
     runs = tmp_path / "state" / "runs"
     assert load_file(next(runs.glob("c8-latent-decoder_resnet50_codec-*-s0")) / "classifier.safetensors")[
         "0.latent_offset"].abs().sum() > 0
+    from safetensors import safe_open                # the slow arm trained g_s (its first groups) at lr / 100
+    with safe_open(str(next(runs.glob("c8-latent-decoder_resnet50_codec_slow-*-s0")) / "last.safetensors"), "pt") as f:
+        lrs = [g["lr"] for g in json.loads(f.metadata()["nodecode"])["optimizer"]["param_groups"]]
+    assert len(lrs) == 4 and lrs[0] == lrs[1] == pytest.approx(lrs[2] / 100) and lrs[2] == lrs[3] > 0
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run([sys.executable, str(SCRIPT), "run", "--arms", "latent:resnet50", "--state", str(tmp_path / "x")],
                        capture_output=True, text=True, env=env, timeout=120)

@@ -34,8 +34,10 @@ def build(name, **kw):
 
 
 def test_registry_lists_every_model():
-    assert set(list_models()) == set(CLS + SEG + ["decoder_resnet50", "decoder_resnet50_codec"])  # + issue-12 ablations
-    assert [n for n in list_models() if get_config(n).codec_init] == ["decoder_resnet50_codec"]
+    ablations = ["decoder_resnet50", "decoder_resnet50_codec", "decoder_resnet50_codec_slow"]   # issue 12's
+    assert set(list_models()) == set(CLS + SEG + ablations)
+    assert [n for n in list_models() if get_config(n).codec_init] == ablations[1:]
+    assert [n for n in list_models() if get_config(n).front_lr_scale] == ablations[2:]
     assert list_models("cresnet*_d") == ["cresnet39_d", "cresnet51_d", "cresnet72_d"]
     assert get_config("cresnet51").input == "latent" and get_config("cresnet51").input_size == (28, 28)
     assert get_config("resnet50_d").input_size == (320, 320) and get_config("cresnet39_d").input_size == (40, 40)
@@ -84,6 +86,22 @@ def test_decoder_resnet50_codec_starts_from_the_codecs_decoder_on_the_centred_la
     assert all(torch.equal(m[0].state_dict()[k], v) for k, v in codec.g_s.state_dict().items())
     assert m[0].state_dict()["latent_offset"].tolist() == pytest.approx(mean.tolist())
     assert set(m[1].state_dict()) == set(build("resnet50").state_dict())
+
+
+def test_decoder_resnet50_codec_slow_trains_g_s_at_a_hundredth_of_the_recipes_lr():
+    """recipe.sgd with the model's front_lr_scale: every parameter in exactly one group, g_s's at lr / 100 and the
+    ResNet's at the lr (the Engine scales each group from its own base, so the ratio holds all along the schedule);
+    without a scale one lr for all."""
+    from nodecode.tasks.recipe import get_recipe, sgd
+    m, rec = build("decoder_resnet50_codec_slow"), get_recipe("imagenette60")
+    front = {id(p) for p in m[0].parameters()}
+    groups = sgd(m, rec, get_config("decoder_resnet50_codec_slow").front_lr_scale).param_groups
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in m.parameters()) and front
+    for g in groups:
+        in_front = {id(p) in front for p in g["params"]}
+        assert len(in_front) == 1 and g["lr"] == pytest.approx(rec.lr() * (0.01 if in_front.pop() else 1))
+    assert {g["lr"] for g in sgd(m, rec).param_groups} == {rec.lr()}
 
 
 def test_cresnet_conv3_does_not_downsample():

@@ -10,7 +10,7 @@ runs.json row in RUN/result.json; the parent alone writes runs.json.
   run      the grid, resumably: finished runs in STATE/runs.json (merged with --done), run folders in STATE/runs;
            writes runs.json, matched.json (Table 2 rows with mean ± std, Fig. 6 points) and matched.md to --out
   search   recipe search for ResNet-50 on original RGB on a held-out 10% of train (never val): variants of the recipe
-  collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done) into results/classification/matched/; with
+  collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done; default --results' own) into --results; with
            --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled; with
            --search (and --search-val), search.json / .md: the held-out variants (and the winner on val)
   bench    the augmentation's cost (img/s of crop + encode / + decode) on this device, to --out/bench.json
@@ -30,8 +30,9 @@ from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, e
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture + ResNet-50 on the latent, g_s trained from
-# scratch (decoder_resnet50) or from the codec's decoder (decoder_resnet50_codec)
-ABLATIONS = (("latent", "decoder_resnet50"), ("latent", "decoder_resnet50_codec"))
+# scratch (decoder_resnet50), from the codec's decoder (decoder_resnet50_codec), the same at 1/100 of the lr (_slow)
+ABLATIONS = (("latent", "decoder_resnet50"), ("latent", "decoder_resnet50_codec"),
+             ("latent", "decoder_resnet50_codec_slow"))
 SEARCH = {  # recipe variants (overrides of --recipe) for ResNet-50 on original RGB, judged on the held-out split
     "base": {}, "lr0.1": {"base_lr": 0.1}, "lr0.4": {"base_lr": 0.4}, "wd1e-4": {"weight_decay": 1e-4},
     "wd1e-3": {"weight_decay": 1e-3}, "ls0": {"label_smoothing": 0.0}, "ep60": {"epochs": 60},
@@ -283,8 +284,8 @@ def parse(argv=None):
         a.points, a.widths, a.seeds = "c8", "0.25", "0,1"
     split_grid_args(a)
     a.variants = a.variants.split(",") if a.variants else None
-    if a.done is None and a.stage == "collect":
-        a.done = str(ROOT / "results" / "classification" / "matched" / "runs.json")
+    if a.done is None and a.stage == "collect":   # the table's own runs: --results' runs.json
+        a.done = str(Path(a.results) / "runs.json")
     return a
 
 

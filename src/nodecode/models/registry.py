@@ -25,6 +25,7 @@ class ModelConfig:
     output_stride: int              # input size / backbone output size
     paper_gmacs: float | None       # Table 1 (classification nets only)
     codec_init: str | None = None   # "g_s": training starts the first module from the codec's decoder (init_from_codec)
+    front_lr_scale: float | None = None   # the first module trains at this fraction of the recipe's lr (recipe.sgd)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -35,7 +36,8 @@ _CONFIGS: dict[str, ModelConfig] = {}
 
 
 def register_model(*, input: str, paper_gmacs: float | None = None, task: str = "classification",
-                   output_stride: int = 32, input_size: tuple[int, int] | None = None, codec_init: str | None = None):
+                   output_stride: int = 32, input_size: tuple[int, int] | None = None, codec_init: str | None = None,
+                   front_lr_scale: float | None = None):
     """Decorator: register `fn(in_channels, num_classes, **kw) -> nn.Module` under its function name."""
     if input not in ("rgb", "latent"):
         raise ValueError(f"input must be 'rgb' or 'latent', not {input!r}")
@@ -49,7 +51,8 @@ def register_model(*, input: str, paper_gmacs: float | None = None, task: str = 
                               ("latent", False): (28, 28), ("latent", True): (40, 40)}[input, seg]
         _MODELS[name] = fn
         _CONFIGS[name] = ModelConfig(name, input, tuple(size), 3 if input == "rgb" else DEFAULT_LATENT_CHANNELS,
-                                     21 if seg else 1000, task, output_stride, paper_gmacs, codec_init)
+                                     21 if seg else 1000, task, output_stride, paper_gmacs, codec_init,
+                                     front_lr_scale)
         return fn
     return wrap
 
@@ -164,6 +167,13 @@ def decoder_resnet50_codec(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000
     decoded arm with g_s no longer frozen): the decoder's weights as pre-training, against the ablation's fresh g_s."""
     from nodecode.codec.autoencoder import CenteredDecoder
     return _behind(CenteredDecoder(in_channels), num_classes, kw)
+
+
+@register_model(input="latent", output_stride=4, codec_init="g_s", front_lr_scale=0.01)
+def decoder_resnet50_codec_slow(in_channels=DEFAULT_LATENT_CHANNELS, num_classes=1000, **kw):
+    """decoder_resnet50_codec whose g_s trains at 1/100 of the recipe's lr: between the decoded arm (g_s frozen) and
+    g_s trained on at the full rate, does a gently fine-tuned decoder keep the decoded arm's c8 edge?"""
+    return decoder_resnet50_codec(in_channels, num_classes, **kw)
 
 
 def _behind(front: nn.Module, num_classes, kw) -> nn.Sequential:

@@ -268,7 +268,7 @@ def train_classifier(cfg: ClassifierTrainConfig) -> TrainResult:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True
-    optimizer = sgd(model, rec)
+    optimizer = sgd(model, rec, get_config(cfg.model).front_lr_scale)
     meta = {"model": cfg.model, "width": cfg.width, "input": kind, "in_channels": int(train_x.shape[1]),
             "codec": cfg.codec if codec is not None and cfg.input != "webp" else None,
             "codec_name": codec.config.name if codec is not None and cfg.input != "webp" else None,

@@ -110,8 +110,13 @@ def param_groups(model: nn.Module, weight_decay: float, **extra) -> list[dict]:
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0, **extra}]
 
 
-def sgd(model: nn.Module, recipe: Recipe):
-    """SGD (Nesterov if the recipe says so) at the recipe's peak lr, weight decay on weights only."""
+def sgd(model: nn.Module, recipe: Recipe, front_lr_scale: float | None = None):
+    """SGD (Nesterov if the recipe says so) at the recipe's peak lr, weight decay on weights only; with
+    `front_lr_scale` (a ModelConfig's), the first module of an nn.Sequential at that fraction of the lr."""
     import torch
-    return torch.optim.SGD(param_groups(model, recipe.weight_decay), lr=recipe.lr(), momentum=recipe.momentum,
-                           nesterov=recipe.nesterov)
+    if front_lr_scale is None:
+        groups = param_groups(model, recipe.weight_decay)
+    else:
+        groups = (param_groups(model[0], recipe.weight_decay, lr=recipe.lr() * front_lr_scale)
+                  + param_groups(model[1:], recipe.weight_decay))
+    return torch.optim.SGD(groups, lr=recipe.lr(), momentum=recipe.momentum, nesterov=recipe.nesterov)
