@@ -29,14 +29,20 @@ def files(tmp_path_factory):
         (d / f"crop{i}.ndc").write_bytes(c8.compress(to_tensor(np.ascontiguousarray(img[i * 8: i * 8 + h, :w]))))
         good.append(d / f"crop{i}.ndc")
     data = good[0].read_bytes()
-    header, words = bitstream.unpack(data)
-    flipped = words.copy()
-    flipped[len(words) // 2] ^= np.uint32(1 << 9)
-    (d / "flipped.ndc").write_bytes(bitstream.pack(header, flipped))       # valid CRC: only the entropy layer tells
+    _flipped(good[0], d / "flipped.ndc")
     (d / "truncated.ndc").write_bytes(data[:-7])
     (d / "garbage.ndc").write_bytes(b"hello")
     bad = [d / "flipped.ndc", d / "truncated.ndc", d / "garbage.ndc", d / "missing.ndc"]
     return good, bad
+
+
+def _flipped(src, dst):
+    """src with one bit of its middle word flipped, under a valid CRC: only the entropy layer tells."""
+    header, words = bitstream.unpack(src.read_bytes())
+    words = words.copy()
+    words[len(words) // 2] ^= np.uint32(1 << 9)
+    dst.write_bytes(bitstream.pack(header, words))
+    return dst
 
 
 def _per_file(paths):
@@ -53,13 +59,13 @@ def _per_file(paths):
 
 
 @pytest.mark.parametrize("backend", ["constriction", "reference", "interpret"])
-def test_batched_classify_gives_the_per_file_labels(files, backend):
+def test_batched_classify_gives_the_per_file_labels(files, backend, tmp_path):
     from nodecode.tasks.inference import classify_files
     if backend == "interpret" and not triton_available():
         pytest.skip("triton not installed")
     good, bad = files
-    if backend == "interpret":       # the interpreter runs every symbol in Python: the small files, and one bad one
-        good, bad = good[-2:], bad[:1]
+    if backend == "interpret":       # the interpreter runs every symbol in Python: the small files, one of them flipped
+        good, bad = good[-2:], [_flipped(good[-1], tmp_path / "flipped.ndc")]
     order = [bad[0], *good[:2], *bad[1:], *good[2:]]
     rows = classify_files(order, device="cpu", topk=3, batch=3, backend=backend)
     cfg, ref = _per_file(good)

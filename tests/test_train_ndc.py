@@ -115,6 +115,8 @@ def test_streams_are_checked_once_at_load_then_batches_decode_without_status(dat
     _, shards = data
     codec = load_codec("c8")
     samples = load_split(shards, "val")[0]
+    for s in samples:    # 4 x 4 latents: Triton's interpreter pays ~0.1 ms per operation and symbol (~1 min at 28 x 28)
+        s.ndc = codec.pack(codec.read_symbols(s.ndc)[1][:, :4, :4], 32, 32)
     x = NdcSymbols(samples, codec, backend="interpret")
     assert x.trusted
     ref = torch.stack([torch.from_numpy(codec.read_symbols(s.ndc)[1]) for s in samples])

@@ -61,12 +61,15 @@ def _is_constriction_error(e: BaseException) -> bool:
     return isinstance(e, (ValueError, RuntimeError, OverflowError)) or type(e).__name__ == "PanicException"
 
 
-def decode_symbols(words: np.ndarray, freqs: np.ndarray, shape: tuple, channel_models: list | None = None) -> np.ndarray:
-    """Symbols (C, h, w) int32 of a file's words; `channel_models`: models(freqs), when decoding many files."""
+def decode_symbols(words: np.ndarray, freqs: np.ndarray, shape: tuple, channel_models: list | None = None,
+                   bits_per_position: float | None = None) -> np.ndarray:
+    """Symbols (C, h, w) int32 of a file's words; when decoding many files, `channel_models` = models(freqs) and
+    `bits_per_position` = min_bits(freqs, 1), computed once (EntropyModel holds both)."""
     c, h, w = shape
     if c != len(freqs):
         raise NodecodeError(f"latent has {c} channels but the model has {len(freqs)}")
-    if min_bits(freqs, h * w) > 32 * len(words) + SLACK_BITS:
+    bits = min_bits(freqs, 1) if bits_per_position is None else bits_per_position
+    if h * w * bits > 32 * len(words) + SLACK_BITS:
         raise NodecodeError(f"corrupted .ndc file: {len(words)} words cannot hold {c}x{h}x{w} symbols")
     try:
         coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))

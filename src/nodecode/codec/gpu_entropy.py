@@ -255,7 +255,8 @@ class BatchDecoder:
 
     def _constriction(self, words: np.ndarray, shape) -> np.ndarray:
         """One file on the CPU: the per-file decoder's own function, with the models built once."""
-        return bitstream.decode_symbols(words, self.model.freqs, shape, self.model.channel_models)
+        return bitstream.decode_symbols(words, self.model.freqs, shape, self.model.channel_models,
+                                        self.model.bits_per_position)
 
     def decode(self, files: list, packed: Packed | None = None, trusted: bool = False) -> Decoded:
         """Files (bytes or NdcFiles) -> the symbols of those that decode, on the device; the others in errors.

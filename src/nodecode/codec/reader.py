@@ -94,6 +94,11 @@ class EntropyModel:
         """constriction's models of the tables, built once per EntropyModel (not once per file)."""
         return bitstream.models(self.freqs)
 
+    @functools.cached_property
+    def bits_per_position(self) -> float:
+        """min_bits of one latent position under the tables: the bound decode_symbols checks a file's length against."""
+        return bitstream.min_bits(self.freqs, 1)
+
     def __getstate__(self) -> dict:
         """Pickled (to a reader process) without the constriction models, which cannot be; rebuilt there if used."""
         return {k: v for k, v in self.__dict__.items() if k != "channel_models"}
@@ -108,7 +113,8 @@ class EntropyModel:
     def symbols(self, f: NdcFile) -> np.ndarray:
         """Entropy-decode the symbols z (C, h, w) of a file this codec wrote; no pixels, no network."""
         self.check(f)
-        return bitstream.decode_symbols(f.words, self.freqs, f.header.latent_shape, self.channel_models)
+        return bitstream.decode_symbols(f.words, self.freqs, f.header.latent_shape, self.channel_models,
+                                        self.bits_per_position)
 
     def latent(self, symbols: torch.Tensor) -> torch.Tensor:
         """ŷ = centers[z] (float32, on the symbols' device): what g_s and the cResNets receive."""
