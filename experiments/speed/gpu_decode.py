@@ -13,7 +13,8 @@ run, stage by stage:
 5. e2e: every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed).
 Each stage is guarded (a failure is recorded under "failed", the run goes on) and resumable: $OUT/gpu_decode.json is
 the runs file of nodecode.experiments (written after every stage; a stage already in it is not run again; none
-starts with less than a minute of --budget-minutes left). Prints a short table last. --smoke: 24 images, batch 8,
+starts with less than a minute of --budget-minutes left); --stages runs only some (prepare,cpu-decode-per-core runs on
+a CPU). Prints a short table last. --smoke: 24 images, batch 8,
 narrow networks; runs on the CPU too (GPU-only rows skipped with their reason).
 """
 from __future__ import annotations
@@ -197,10 +198,16 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--repeat", type=int, default=None, help="e2e: passes over the set per timed row (default 4)")
     ap.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
+    ap.add_argument("--stages", default=None, help="run: only these stages, comma separated (default: all), e.g. "
+                    "prepare,cpu-decode-per-core on a CPU")
     ap.add_argument("--save", default=None, help="collect: write a copy without the per-file lists here")
     ap.add_argument("--compile-mode", default="default", help="torch.compile mode of the compiled rows, e.g. "
                     "max-autotune-no-cudagraphs")
     a = ap.parse_args(argv)
+    names = [n for n, _ in STAGES]
+    only = a.stages.split(",") if a.stages else names
+    if not set(only) <= set(names):
+        ap.error(f"--stages: each of {', '.join(names)}")
     out = Path(a.out)
     runs = Runs(out / "gpu_decode.json")           # resume: the stages already in it are not run again
     if a.stage == "run":
@@ -221,7 +228,7 @@ def main(argv=None):
                 "cpu-decode-per-core": lambda: cpu_per_core(work, 32 if a.smoke else 512),
                 "e2e": lambda: e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke,
                                    a.repeat or (1 if a.smoke else 4), a.compile_mode)}
-        for name, _ in STAGES:
+        for name in (n for n in names if n in only):
             if run_stage(runs, budget, name, args[name]) is None and name == "prepare":
                 break                           # nothing to decode without the files
         runs.done["finished"] = all(n in runs for n, _ in STAGES) and not runs.done["failed"]
