@@ -36,3 +36,22 @@ def test_gpu_decode_smoke_runs_every_stage_and_resumes(tmp_path):
     kept = json.loads((tmp_path / "committed.json").read_text())
     assert kept["e2e"] == done["e2e"] and "names" not in kept["prepare"]
     assert kept["prepare"]["names_count"] == len(done["prepare"]["names"]) == 24
+
+
+@needs(IMAGENETTE)
+def test_stages_runs_only_the_named_ones_and_refuses_an_unknown_one(tmp_path):
+    """--stages prepare,cpu-decode-per-core (what a CPU can measure): those two in the JSON, nothing else, the run not
+    finished; an unknown stage is refused before anything is written; decode_bound_ab.py times both bounds on the
+    shard that prepare wrote."""
+    _run(tmp_path, "run", str(IMAGENETTE / "val"), "--smoke", "--stages", "prepare,cpu-decode-per-core")
+    done = json.loads((tmp_path / "gpu_decode.json").read_text())
+    assert {"prepare", "cpu-decode-per-core"} <= set(done) and not {"bitexact", "kernel", "e2e"} & set(done)
+    assert not done["finished"] and done["cpu-decode-per-core"]["decode_ndc_datas (shard bytes)"] > 0
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([sys.executable, str(SCRIPT), "run", str(IMAGENETTE / "val"), "--stages", "kernel,bogus",
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 2 and "--stages: each of prepare" in p.stderr and not (tmp_path / "x").exists()
+    p = subprocess.run([sys.executable, str(ROOT / "experiments" / "speed" / "decode_bound_ab.py"),
+                        str(tmp_path / "work" / "c8.tar"), "--passes", "2"], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert p.returncode == 0 and "24 c8 files, 2 interleaved passes" in p.stdout and p.stdout.count("us/file") == 4
