@@ -40,13 +40,18 @@ def test_gpu_decode_smoke_runs_every_stage_and_resumes(tmp_path):
 
 @needs(IMAGENETTE)
 def test_stages_runs_only_the_named_ones_and_refuses_an_unknown_one(tmp_path):
-    """--stages prepare,cpu-decode-per-core (what a CPU can measure): those two in the JSON, nothing else, the run not
+    """--stages prepare,cpu-decode-per-core,cpu-decode-procs (what a CPU can measure): those in the JSON, nothing else, the run not
     finished; an unknown stage is refused before anything is written; decode_bound_ab.py times both bounds on the
     shard that prepare wrote."""
-    _run(tmp_path, "run", str(IMAGENETTE / "val"), "--smoke", "--stages", "prepare,cpu-decode-per-core")
+    out = _run(tmp_path, "run", str(IMAGENETTE / "val"), "--smoke", "--stages", "prepare,cpu-decode-per-core,cpu-decode-procs")
     done = json.loads((tmp_path / "gpu_decode.json").read_text())
-    assert {"prepare", "cpu-decode-per-core"} <= set(done) and not {"bitexact", "kernel", "e2e"} & set(done)
-    assert not done["finished"] and done["cpu-decode-per-core"]["decode_ndc_datas (shard bytes)"] > 0
+    assert {"prepare", "cpu-decode-per-core", "cpu-decode-procs"} <= set(done) and not {"bitexact", "kernel", "e2e"} & set(done)
+    per_core = done["cpu-decode-per-core"]
+    assert not done["finished"] and per_core["decode_ndc_datas (shard bytes)"] > 0
+    assert per_core["of which: constriction decode calls"] > 0 and per_core["of which: read the files"] > 0
+    procs = done["cpu-decode-procs"]                       # every file decoded in 2 spawn processes, once (smoke)
+    assert (procs["workers"], procs["files"], len(procs["decode_s_passes"])) == (2, 24, 1)
+    assert procs["images_per_s"] == 24 / procs["decode_s_passes"][0] and "CPU decode c8, 2 processes" in out
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     p = subprocess.run([sys.executable, str(SCRIPT), "run", str(IMAGENETTE / "val"), "--stages", "kernel,bogus",
                         "--out", str(tmp_path / "x")], capture_output=True, text=True, env=env, timeout=120)

@@ -47,6 +47,17 @@ def test_plan_steps(scale):
     assert scale.plan_steps(BENCH, {"batch": 192, "crop": 128}, 10, 1.0) == int(0.95 * 600 * 5e8 / (192 * 128 ** 2))
 
 
+def test_to_pixel_samples(scale, tmp_path):
+    a = args(tmp_path, to_pixel_samples=150e9)
+    recipe = {"batch": 256, "crop": 128}
+    for point in ("c8", "c16", "c32"):
+        steps = scale.to_pixel_samples(a, point, recipe)
+        total = scale.POINTS[point]["init_pixel_samples"] + steps * 256 * 128 ** 2
+        assert 150e9 <= total < 150e9 + 256 * 128 ** 2        # the fewest steps that reach the target
+    assert scale.POINTS["c8"]["init_pixel_samples"] == 22000 * 32 * 160 ** 2
+    assert scale.to_pixel_samples(args(tmp_path, to_pixel_samples=1e9), "c16", recipe) == 10   # already past it
+
+
 def test_recipes(scale, tmp_path):
     assert scale.recipe_from_bench(BENCH, args(tmp_path)) == {"batch": 256, "crop": 128, "compile": False,
                                                                "schedule": "cosine", "warmup": 100}

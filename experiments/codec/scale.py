@@ -192,6 +192,12 @@ def plan_steps(bench: dict, recipe: dict, minutes: float, share: float, ranks: i
     return max(10, int(0.95 * minutes * 60 * px * share / (recipe["batch"] * recipe["crop"] ** 2)))
 
 
+def to_pixel_samples(a, point: str, recipe: dict) -> int:
+    """Steps that take a point's lineage (its init's pixel-samples, points.json) to --to-pixel-samples (issue 11: >= 150 G)."""
+    left = a.to_pixel_samples - POINTS[point].get("init_pixel_samples", 0)
+    return max(10, math.ceil(left / (recipe["batch"] * recipe["crop"] ** 2)))
+
+
 def recipe_from_bench(bench: dict, a) -> dict:
     """The base recipe: eager b256 of 128² crops (the paper's crop; b256 is where the eager step stops gaining speed per
     GPU, results/codec/scale/step_check.json). Compiled training (torch 2.11 inductor, H200) drifts away from the eager
@@ -266,9 +272,10 @@ def stage_train(a, res: Path, minutes: float) -> dict:
     jobs = []
     for i, point in enumerate(a.points.split(",")):
         rp = {**recipe, **POINTS[point].get("recipe", {})}  # a point's own overrides (points.json says why)
-        steps = state.get(point, {}).get("steps") or (plan_steps(bench, rp, minutes - 1.0, n / len(a.points.split(",")), n)
+        steps = state.get(point, {}).get("steps") or (to_pixel_samples(a, point, rp) if a.to_pixel_samples else
+                                                      plan_steps(bench, rp, minutes - 1.0, n / len(a.points.split(",")), n)
                                                       if not a.smoke else 8)
-        state[point] = {"steps": steps, "recipe": rp}
+        state[point] = {"steps": steps, "recipe": rp, "init_pixel_samples": POINTS[point].get("init_pixel_samples")}
         run = Path(a.runs) / point
         cmd = train_cmd(a, point, run, rp, steps, minutes, n if n > 1 or a.smoke_ddp else 1, 29500 + i, calibrate=True)
         jobs.append((cmd, {}, run / "stdout.log"))
@@ -282,8 +289,11 @@ def stage_train(a, res: Path, minutes: float) -> dict:
         run = Path(a.runs) / point
         s = json.loads((run / "summary.json").read_text()) if (run / "summary.json").exists() else None
         logs = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()] if (run / "log.jsonl").exists() else []
+        done = s["steps"] * state[point]["recipe"]["batch"] * state[point]["recipe"]["crop"] ** 2 if s else 0
         out["points"][point] = {"summary": s, "calibration": [r for r in logs if "probe_bpp" in r],
-                                "last_train": [r for r in logs if r.get("split") == "train"][-1:]}
+                                "last_train": [r for r in logs if r.get("split") == "train"][-1:],
+                                "pixel_samples": {"init": state[point]["init_pixel_samples"], "this_run": done,
+                                                  "total": (state[point]["init_pixel_samples"] or 0) + done}}
         for f in ("log.jsonl", "stdout.log"):
             if (run / f).exists():
                 shutil.copy(run / f, res / "logs" / f"train_{point}_{f}")
@@ -399,7 +409,7 @@ def run_all(a) -> None:
         stage_export(a, res)
     log(f"export done ({left():.1f} min left)")
     wait_for(a.wait_camvid, left)
-    if not read_json(res / "downstream.json"):
+    if a.downstream and not read_json(res / "downstream.json"):
         stage_downstream(a, res, max(1.0, left() - 0.3))
     log(f"all done ({left():.1f} min left)")
 
@@ -487,6 +497,10 @@ def main():
     ap.add_argument("--study-min", type=float, default=2.5)
     ap.add_argument("--reserve-min", type=float, default=4.5, help="kept for export and downstream after training")
     ap.add_argument("--no-warm-start", dest="warm_start", action="store_false", help="train from scratch")
+    ap.add_argument("--to-pixel-samples", type=float, default=0.0,
+                    help="train: steps that take each point's lineage to this many pixel-samples (else: what fits the time)")
+    ap.add_argument("--no-downstream", dest="downstream", action="store_false",
+                    help="all: stop after export (the bundled networks are retrained by the matched scripts)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU (tests of this script)")
     ap.add_argument("--smoke-ddp", action="store_true", help="smoke: train with 2 gloo processes")
     ap.add_argument("--bench-data", default="/root/data/kodak", help="images whose tiles the step benchmark crops")

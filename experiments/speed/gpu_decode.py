@@ -10,11 +10,12 @@ run, stage by stage:
 2. bitexact: checks that every file decodes to the same symbols on the GPU (Triton) and the CPU (constriction);
 3. kernel: times GPU entropy decoding at batch 1,024 (c8): kernel only, and with host parsing + host->device copy;
 4. cpu-decode-per-core: CPU decoding per core (old per-file path vs now);
-5. e2e: every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed).
+5. cpu-decode-procs: CPU decoding of every c8 file in --workers processes (the e2e CPU row without its network);
+6. e2e: every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed).
 Each stage is guarded (a failure is recorded under "failed", the run goes on) and resumable: $OUT/gpu_decode.json is
 the runs file of nodecode.experiments (written after every stage; a stage already in it is not run again; none
-starts with less than a minute of --budget-minutes left); --stages runs only some (prepare,cpu-decode-per-core runs on
-a CPU). Prints a short table last. --smoke: 24 images, batch 8,
+starts with less than a minute of --budget-minutes left); --stages runs only some (prepare,cpu-decode-per-core,
+cpu-decode-procs run on a CPU). Prints a short table last. --smoke: 24 images, batch 8,
 narrow networks; runs on the CPU too (GPU-only rows skipped with their reason).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nodecode.bench.e2e import decode_ndc_chunk, decode_ndc_datas, e2e_speed, prepare_files
+from nodecode.bench.e2e import decode_ndc_chunk, decode_ndc_datas, e2e_speed, prepare_files, run_files, start_pool
 from nodecode.codec.gpu_entropy import BatchDecoder, decode_triton, pack_files, triton_available
 from nodecode.codec.zoo import load_codec
 from nodecode.data.shards import read_shard
@@ -125,25 +126,57 @@ def kernel_speed(work: Path, dev, batch, iters):
 @stage("cpu-decode-per-core")
 def cpu_per_core(work, n):
     """c8 .ndc decoding on one core: the old path (read_symbols per file: models built and file unpacked twice)
-    vs decode_ndc_chunk now (one decoder per process) and from shard bytes (no file opens)."""
+    vs decode_ndc_chunk now (one decoder per process) and from shard bytes (no file opens); then what the files'
+    reads and the constriction decode calls alone cost (the floor)."""
+    from nodecode.bench.e2e import _DECODERS
     from nodecode.codec.bitstream import read_header
     torch.set_num_threads(1)
     samples = read_shard(work / "c8.tar")[:n]
     files = [str(work / "c8" / "ndc" / f"{s.key}.ndc") for s in samples]
+    datas = [s.ndc for s in samples]
     codec = load_codec("c8")
 
     def old():
         return [read_header(d) and codec.read_symbols(d)[1].astype(np.uint8)
                 for d in (Path(f).read_bytes() for f in files)]
+    decode_ndc_datas(datas[:2])
+    dec = next(iter(_DECODERS.values()))
+    p = pack_files(datas, codec)
+    words, starts, counts = p.parts(p.buffer)
     out = {}
     for name, fn in (("old read_symbols per file", old), ("decode_ndc_chunk (files)", lambda: decode_ndc_chunk(files)),
-                     ("decode_ndc_datas (shard bytes)", lambda: decode_ndc_datas([s.ndc for s in samples]))):
+                     ("decode_ndc_datas (shard bytes)", lambda: decode_ndc_datas(datas)),
+                     ("of which: read the files", lambda: [Path(f).read_bytes() for f in files]),
+                     ("of which: constriction decode calls", lambda: [dec._constriction(words[s: s + k], p.shape)
+                                                                      for s, k in zip(starts.astype(int), counts.astype(int))])):
         fn()
         t = best_seconds(fn)
         out[name] = len(files) / t
-        print(f"CPU decode, one core, {name:32s} {len(files) / t:8.0f} img/s")
+        print(f"CPU decode, one core, {name:36s} {len(files) / t:9.0f} img/s {1e3 * t / len(files):7.3f} ms/img")
     return out
 
+
+
+@stage("cpu-decode-procs")
+def cpu_procs(work, workers, batch, repeat):
+    """c8 .ndc files -> symbols in `workers` CPU processes: the pool, the chunking and the sequential timing of the e2e
+    row e2e-ndc-files-cpuN without its network (issue 13's CPU target: >= 50k img/s on 16 processes); best of `repeat`
+    passes over every file."""
+    samples = read_shard(work / "c8.tar")
+    files = [str(work / "c8" / "ndc" / f"{s.key}.ndc") for s in samples]
+    pool = start_pool(workers)
+    try:
+        probe = lambda x: x[:, 0, 0, 0]  # noqa: E731 - the labels run_files collects: one symbol per file
+        run_files(files[: 2 * batch], decode_ndc_chunk, probe, batch, workers, "cpu", False, pool)     # warm-up
+        passes = [run_files(files, decode_ndc_chunk, probe, batch, workers, "cpu", False, pool)["decode_s"]
+                  for _ in range(repeat)]
+    finally:
+        pool.shutdown()
+    row = {"workers": workers, "files": len(files), "batch": batch, "decode_s_passes": passes,
+           "images_per_s": len(files) / min(passes), "images_per_s_median": len(files) / float(np.median(passes))}
+    print(f"CPU decode, {workers} processes, {len(files)} c8 files: {row['images_per_s']:,.0f} img/s (best of {repeat}; "
+          f"median {row['images_per_s_median']:,.0f})")
+    return row
 
 
 @stage("e2e")
@@ -171,6 +204,10 @@ def table(done: dict) -> str:
                      f"{r['bpp']:.3f}" if "bpp" in r else "-", f"{100 * top1:.1f}" if top1 is not None else "-",
                      f"{1e3 * start:.0f}" if start is not None else "-"])
     lines.append(markdown_table(["row", "model", "impl", "img/s", "bpp", "top-1", "first batch ms"], rows, "lllrrrr"))
+    if "cpu-decode-procs" in done:
+        c = done["cpu-decode-procs"]
+        lines.append(f"CPU decode c8, {c['workers']} processes: {c['images_per_s']:,.0f} img/s (median "
+                     f"{c['images_per_s_median']:,.0f}) over {c['files']} files")
     lines += [f"FAILED {k}: {v}" for k, v in done.get("failed", {}).items()]
     return "\n".join(lines)
 
@@ -226,6 +263,7 @@ def main(argv=None):
                 "bitexact": lambda: bitexact(work, dev, batch),
                 "kernel": lambda: kernel_speed(work, dev, batch, 3 if a.smoke else 50),
                 "cpu-decode-per-core": lambda: cpu_per_core(work, 32 if a.smoke else 512),
+                "cpu-decode-procs": lambda: cpu_procs(work, workers, batch, a.repeat or (1 if a.smoke else 4)),
                 "e2e": lambda: e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke,
                                    a.repeat or (1 if a.smoke else 4), a.compile_mode)}
         for name in (n for n in names if n in only):
