@@ -126,6 +126,29 @@ def test_repair_and_transaction(tmp_path, db_url, photos, monkeypatch):
     assert consistency(ar)["images"] == 6
 
 
+def test_concurrent_puts_of_the_same_content(tmp_path, db_url, photos, monkeypatch):
+    """The server's upload threads storing one image at once (a shared duplicate): one is new, the rest get its id,
+    none fails, and the object stays. A slow fsync widens the window in which two writes of the object overlap."""
+    import os
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    from nodecode.archive.index import Indexer
+    from nodecode.archive.store import Archive
+    ar = init(tmp_path, db_url)
+    row = Indexer("c8").rows([("photo1.jpg", (photos / "photo1.jpg").read_bytes())])[0]
+    fsync, start = os.fsync, threading.Barrier(4)
+    monkeypatch.setattr(os, "fsync", lambda fd: (time.sleep(0.05), fsync(fd))[1])
+    with Archive(ar, write=True) as a:
+        def put(_):
+            start.wait()
+            return a.put(row)
+        with ThreadPoolExecutor(4) as ex:
+            got = list(ex.map(put, range(4)))
+        assert sorted(new for _, new in got) == [False, False, False, True] and len({i for i, _ in got}) == 1
+        assert a.ndc(got[0][0]) == row.ndc
+    assert consistency(ar)["images"] == 1
+
+
 def test_kill9_of_add_then_rerun(tmp_path, db_url, many_photos):
     ar = init(tmp_path, db_url)
     proc = cli("archive", "add", ar, many_photos, "--batch", "2", "--quiet")

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -91,6 +92,7 @@ class Archive:
         self._lock_fd = None
         self.repaired: dict | None = None
         self._emb = None   # (count, max id, ids, matrix) cache for similarity
+        self._put_lock = threading.Lock()   # one put at a time per process: the server's upload threads share it
         if write:
             self._lock_fd = os.open(self.root / "writers.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -157,7 +159,15 @@ class Archive:
         return int(r[0][0]) if r else None
 
     def put(self, row: Row) -> tuple[int, bool]:
-        """Store one indexed image: (id, True) if new, (existing id, False) if its content was already there."""
+        """Store one indexed image: (id, True) if new, (existing id, False) if its content was already there.
+
+        Serialised within the process: two threads storing the same content would otherwise share the object's temp
+        file (one's rename fails: a 500 in the server), and the loser's clean-up could delete the object that the
+        winner is about to index. Other processes write other temp files, and the transaction settles who indexes."""
+        with self._put_lock:
+            return self._put(row)
+
+    def _put(self, row: Row) -> tuple[int, bool]:
         old = self.has(row.sha256)
         if old is not None:
             return old, False
