@@ -140,7 +140,7 @@ def cpu_per_core(work, n):
         return [read_header(d) and codec.read_symbols(d)[1].astype(np.uint8)
                 for d in (Path(f).read_bytes() for f in files)]
     decode_ndc_datas(datas[:2])
-    dec = next(iter(_DECODERS.values()))
+    dec = _DECODERS[codec.config.name]                    # the decoder decode_ndc_datas built for these files
     p = pack_files(datas, codec)
     words, starts, counts = p.parts(p.buffer)
     out = {}
