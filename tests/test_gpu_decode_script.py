@@ -30,6 +30,7 @@ def test_gpu_decode_smoke_runs_every_stage_and_resumes(tmp_path):
     shard_rows = [r for r in done["e2e"]["rows"] if r.get("path", "").startswith("e2e-ndc-c8-shard")]
     assert shard_rows and all(0 < r["first_launch_s"] < r["seconds"] and r["corrupt"] == 0 for r in shard_rows)
     assert "| first batch ms |" in out and "skipped: nvJPEG needs CUDA" in out
+    assert done["e2e-ratio"]["skipped"] == "nvJPEG needs CUDA" and "e2e ratio: skipped (nvJPEG needs CUDA)" in out
     again = _run(tmp_path)                                 # resumed: every stage is in the JSON already
     assert json.loads((tmp_path / "gpu_decode.json").read_text())["e2e"] == done["e2e"] and "| first batch ms |" in again
     _run(tmp_path, "collect", "--save", str(tmp_path / "committed.json"))   # the copy for results/: no per-file lists
@@ -45,7 +46,7 @@ def test_stages_runs_only_the_named_ones_and_refuses_an_unknown_one(tmp_path):
     shard that prepare wrote."""
     out = _run(tmp_path, "run", str(IMAGENETTE / "val"), "--smoke", "--stages", "prepare,cpu-decode-per-core,cpu-decode-procs")
     done = json.loads((tmp_path / "gpu_decode.json").read_text())
-    assert {"prepare", "cpu-decode-per-core", "cpu-decode-procs"} <= set(done) and not {"bitexact", "kernel", "e2e"} & set(done)
+    assert {"prepare", "cpu-decode-per-core", "cpu-decode-procs"} <= set(done) and not {"bitexact", "kernel", "e2e", "e2e-ratio"} & set(done)
     per_core = done["cpu-decode-per-core"]
     assert not done["finished"] and per_core["decode_ndc_datas (shard bytes)"] > 0
     assert per_core["of which: constriction decode calls"] > 0 and per_core["of which: read the files"] > 0

@@ -104,6 +104,16 @@ def test_e2e_rows_on_the_cpu(tmp_path):
     np.testing.assert_array_equal(decode_ndc_chunk([str(tmp_path / "c8" / "ndc" / f"{info['names'][0]}.ndc")]), z)
 
 
+def test_e2e_ratio_alternates_abba_and_skips_without_nvjpeg(tmp_path):
+    """The ratio's two sides run in ABBA rounds (a drift of the card falls on both); without CUDA it says why."""
+    from nodecode.bench.e2e import alternate, e2e_ratio
+    order = []
+    res = alternate({"ndc": lambda: order.append("n") or len(order), "jpeg": lambda: order.append("j") or len(order)}, 4)
+    assert "".join(order) == "njjnnjjn" and res == {"ndc": [1, 4, 5, 8], "jpeg": [2, 3, 6, 7]}
+    assert e2e_ratio(tmp_path / "none", tmp_path, device="cpu") == {"skipped": "nvJPEG needs CUDA"}
+    assert not any(tmp_path.iterdir())                    # nothing written before the reason
+
+
 @needs(KODAK)
 def test_codec_timing_parts(small_codec, kodak_crop):
     from nodecode.bench.codec_speed import time_codec

@@ -18,7 +18,10 @@
 #   search issue 12's RGB >= 90% miss: recipe search on held-out train (imagenette60 + cutmix / cutmix-ep80, run in the
 #         (j) session; the (i) ran ep80 / b64); a variant above the recorded ep60 (90.81 held-out) then trains on val
 #   grid60 issue 12's matched capacity under imagenette60 at one point and width, three arms x three seeds, e.g.
-#         `plan.sh start "grid60 c8 1" "grid60 c8 0.5"` (a chain with arguments: quote it)
+#         `plan.sh start "grid60 c8 1" "grid60 c8 0.5"` (a chain with arguments: quote it; a third argument: runs
+#         per GPU, default 3)
+#   ratio issue 13's .ndc / nvJPEG ratio at c8 and c16 in RATIO_ROUNDS alternating rounds (gpu_decode.py e2e-ratio,
+#         random weights: timing only), on an idle GPU: put it first in a chain, e.g. `plan.sh start "ratio; grid60 c8 0.5"`
 set -u
 HELDOUT_EP60=0.9081309398099261   # results/classification/matched/search.json: search-ep60, the imagenette60 recipe itself
 
@@ -56,9 +59,16 @@ c3() {   # issue 12's C3 at c32: the segmenters still missing (seeds) on backbon
     c32-decoded-resnet50_d-w0.25-s2,c32-latent-cresnet51_d-w0.25-s2,c32-latent-cresnet39_d-w0.25-s1,c32-latent-cresnet39_d-w0.25-s2"
 }
 
-grid60() {   # POINT WIDTH: its own state, so that chains on other GPUs never share a runs.json
+grid60() {   # POINT WIDTH [PER_GPU]: its own state, so that chains on other GPUs never share a runs.json
   stage "g60-$1-$2" 30 matched "--state /root/m60-$1-$2 --out /root/results/m60-$1-$2 --recipe imagenette60
-    --points $1 --widths $2 --arms decoded:resnet50,latent:cresnet51,latent:cresnet39 --per-gpu 3"
+    --points $1 --widths $2 --arms decoded:resnet50,latent:cresnet51,latent:cresnet39 --per-gpu ${3:-3}"
+}
+
+ratio() {
+  bash experiments/device/wheels.sh || return 1
+  python3 experiments/speed/gpu_decode.py run /root/data/imagenette2-224/val --out /root/results/gpu_decode_ratio \
+    --work /root/gpu_decode_work --stages prepare,e2e-ratio --rounds "${RATIO_ROUNDS:-20}" --budget-minutes 8 \
+    2>&1 | grep -v "^W[0-9]\{4\} " | tee /root/results/logs/gpu_decode_ratio.log
 }
 
 search() {
@@ -91,7 +101,7 @@ case "${1:-}" in
     for t in .device-data/*.tar; do [ -f "$t" ] && tar -xf "$t" -C /root/data && echo "unpacked $t"; done
     tar --exclude=.device-data -cf - . | tar -xf - -C /root/repo
     cd /root/repo
-    export -f e2e probe probecodec probeslow c3 search grid60 stage
+    export -f e2e probe probecodec probeslow c3 search grid60 ratio stage
     export HELDOUT_EP60 PYTHONPATH=/tmp/site:/root/repo/src PYTHONUNBUFFERED=1
     shift; k=0; n=$(nvidia-smi -L | grep -c '^GPU')
     for c in "$@"; do

@@ -11,7 +11,9 @@ run, stage by stage:
 3. kernel: times GPU entropy decoding at batch 1,024 (c8): kernel only, and with host parsing + host->device copy;
 4. cpu-decode-per-core: CPU decoding per core (old per-file path vs now);
 5. cpu-decode-procs: CPU decoding of every c8 file in --workers processes (the e2e CPU row without its network);
-6. e2e: every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed).
+6. e2e: every end-to-end and training-input row of `nodecode bench speed --e2e-data` (bench.e2e.e2e_speed);
+7. e2e-ratio: the .ndc / nvJPEG ratio at c8 and c16 over --rounds alternating rounds (bench.e2e.e2e_ratio): its
+   median and spread, where one e2e row is a single pass.
 Each stage is guarded (a failure is recorded under "failed", the run goes on) and resumable: $OUT/gpu_decode.json is
 the runs file of nodecode.experiments (written after every stage; a stage already in it is not run again; none
 starts with less than a minute of --budget-minutes left); --stages runs only some (prepare,cpu-decode-per-core,
@@ -28,7 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nodecode.bench.e2e import decode_ndc_chunk, decode_ndc_datas, e2e_speed, prepare_files, run_files, start_pool
+from nodecode.bench.e2e import (decode_ndc_chunk, decode_ndc_datas, e2e_ratio, e2e_speed, prepare_files, run_files,
+                                start_pool)
 from nodecode.codec.gpu_entropy import BatchDecoder, decode_triton, pack_files, triton_available
 from nodecode.codec.zoo import load_codec
 from nodecode.data.shards import read_shard
@@ -187,6 +190,12 @@ def e2e(val_dir, work, dev, limit, batch, workers, cls, smoke, repeat, compile_m
                               compile_mode=compile_mode)}
 
 
+@stage("e2e-ratio")
+def ratio(val_dir, work, dev, batch, cls, smoke, rounds, repeat, compile_mode):
+    return e2e_ratio(val_dir, work, ("c8", "c16"), dev.type, batch, cls, rounds, repeat, compile_mode,
+                     0.0625 if smoke else 1.0)
+
+
 def table(done: dict) -> str:
     """The short table of a gpu_decode.json: the kernel line, then one row per e2e row, then the failures."""
     lines = []
@@ -208,6 +217,12 @@ def table(done: dict) -> str:
         c = done["cpu-decode-procs"]
         lines.append(f"CPU decode c8, {c['workers']} processes: {c['images_per_s']:,.0f} img/s (median "
                      f"{c['images_per_s_median']:,.0f}) over {c['files']} files")
+    for point, p in done.get("e2e-ratio", {}).get("points", {}).items():
+        lines.append(f"e2e ratio {point} (.ndc {p['bpp']['ndc']:.3f} bpp / JPEG {p['bpp']['jpeg']:.3f} bpp): "
+                     f"{p['ndc_images_per_s_median']:,.0f} / {p['jpeg_images_per_s_median']:,.0f} img/s, ratio median "
+                     f"{p['ratio_median']:.2f}x [{p['ratio_min']:.2f}, {p['ratio_max']:.2f}] over {len(p['ratios'])} rounds")
+    if "skipped" in done.get("e2e-ratio", {}):
+        lines.append(f"e2e ratio: skipped ({done['e2e-ratio']['skipped']})")
     lines += [f"FAILED {k}: {v}" for k, v in done.get("failed", {}).items()]
     return "\n".join(lines)
 
@@ -233,7 +248,8 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=None, help="e2e: passes over the set per timed row (default 4)")
+    ap.add_argument("--repeat", type=int, default=None, help="e2e, e2e-ratio: passes over the set per timed row (default 4)")
+    ap.add_argument("--rounds", type=int, default=8, help="e2e-ratio: alternating rounds per point")
     ap.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
     ap.add_argument("--stages", default=None, help="run: only these stages, comma separated (default: all), e.g. "
                     "prepare,cpu-decode-per-core on a CPU")
@@ -265,7 +281,10 @@ def main(argv=None):
                 "cpu-decode-per-core": lambda: cpu_per_core(work, 32 if a.smoke else 512),
                 "cpu-decode-procs": lambda: cpu_procs(work, workers, batch, a.repeat or (1 if a.smoke else 4)),
                 "e2e": lambda: e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke,
-                                   a.repeat or (1 if a.smoke else 4), a.compile_mode)}
+                                   a.repeat or (1 if a.smoke else 4), a.compile_mode),
+                "e2e-ratio": lambda: ratio(a.val_dir, work, dev, batch, a.classifiers, a.smoke,
+                                           2 if a.smoke else a.rounds, a.repeat or (1 if a.smoke else 4),
+                                           a.compile_mode)}
         for name in (n for n in names if n in only):
             if run_stage(runs, budget, name, args[name]) is None and name == "prepare":
                 break                           # nothing to decode without the files

@@ -383,3 +383,66 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
         if str(r.get("impl", "")).startswith("compiled"):
             r["compile_mode"] = compile_mode
     return rows
+
+
+def alternate(sides: dict, rounds: int) -> dict:
+    """Run two timed sides {name: fn} in `rounds` rounds, ABBA order (A B, B A, A B, ...): {name: [results]}."""
+    (a, fa), (b, fb) = sides.items()
+    out = {a: [], b: []}
+    for k in range(rounds):
+        for name, fn in (((a, fa), (b, fb)) if k % 2 == 0 else ((b, fb), (a, fa))):
+            out[name].append(fn())
+    return out
+
+
+def e2e_ratio(val_dir, work, points=("c8", "c16"), device: str = "cuda", batch: int = 1024, cls_root=None,
+              rounds: int = 8, repeat: int = 2, compile_mode: str | None = "default", width: float = 1.0,
+              log=print) -> dict:
+    """Issue 13's ratio (.ndc shard -> GPU decode -> cResNet-51 over JPEG at the same bpp -> nvJPEG -> ResNet-50,
+    both compiled and pipelined) measured in `rounds` alternating rounds (ABBA order: drift cancels), each side
+    `repeat` passes over the set per round; per point the per-round img/s of each side, the per-round ratios and
+    their median / min / max. One e2e_speed row is a single pass, so its ratio carries the card's drift."""
+    from nodecode.bench import e2e_gpu as g
+    from nodecode.codec.gpu_entropy import BatchDecoder
+    from nodecode.codec.zoo import load_codec
+    from nodecode.data.shards import read_shard
+    dev = torch.device(device)
+    why = g.nvjpeg_missing(dev)
+    if why:
+        return {"skipped": why}
+    work = Path(work)
+    info = prepare_files(val_dir, work, points, None, None, dev, log)
+    ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
+    mode = compile_mode if compile_mode else None
+    net, mean, rgb_classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
+    rgb = make_infer(net, lambda u8: u8.float() - mean, torch.zeros(batch, 3, 224, 224, dtype=torch.uint8,
+                                                                   device=dev), mode)
+    out = {"rounds": rounds, "repeat": repeat, "batch": batch, "compile_mode": mode, "points": {}}
+    for point in points:
+        codec = load_codec(point, dev)
+        dec = BatchDecoder(codec, dev)
+        c = codec.config.channels
+        lnet, lmean, classes = _classifier(ck(f"{point}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
+        lat = make_infer(lnet, lambda u8, codec=codec, m=lmean: codec.latent(u8) - m,
+                         torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), mode)
+        shard = work / f"{point}.tar"
+        jpegs = [str(work / point / "jpeg" / f"{n}.jpg") for n in info["names"]] * repeat
+        g.ndc_shard_pass(read_shard(shard)[: 2 * batch], dec, lat, batch, True)      # warm-up: kernel, graph
+        g.nvjpeg_pass(jpegs[: 2 * batch], rgb, batch, dev, True)
+        sides = {"ndc": lambda: g.ndc_shard_pass([shard] * repeat, dec, lat, batch, True),
+                 "jpeg": lambda: g.nvjpeg_pass(jpegs, rgb, batch, dev, True)}
+        res = alternate(sides, rounds)
+        ips = {side: [len(r["labels"]) / r["seconds"] for r in rs] for side, rs in res.items()}
+        top1 = {"ndc": _top1(res["ndc"][-1]["labels"], res["ndc"][-1]["keys"], classes),
+                "jpeg": _top1(res["jpeg"][-1]["labels"], info["names"] * repeat, rgb_classes)}
+        ratios = [a / b for a, b in zip(ips["ndc"], ips["jpeg"])]
+        out["points"][point] = {
+            "bpp": {"ndc": info["bpp"][point], "jpeg": info["bpp"][f"jpeg@{point}"]}, "images_per_s": ips,
+            "top1": top1, "ratios": ratios, "ratio_median": float(np.median(ratios)), "ratio_min": min(ratios),
+            "ratio_max": max(ratios), "ndc_images_per_s_median": float(np.median(ips["ndc"])),
+            "jpeg_images_per_s_median": float(np.median(ips["jpeg"]))}
+        p = out["points"][point]
+        log(f"e2e ratio {point}: .ndc {p['ndc_images_per_s_median']:,.0f} vs JPEG {p['jpeg_images_per_s_median']:,.0f}"
+            f" img/s (medians of {rounds}); ratio median {p['ratio_median']:.2f}x [{p['ratio_min']:.2f}, "
+            f"{p['ratio_max']:.2f}]")
+    return out
