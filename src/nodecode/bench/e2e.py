@@ -8,7 +8,8 @@ uint8 -> float step inside ("optimized"), also torch.compile'd ("compiled") wher
 parts one after the other (the breakdown); "pipelined" overlaps them (the throughput); "pipelined-readersN" (.ndc
 shard rows, N > 1 CPU processes) has the shards read and packed by N processes, one shard each, while this thread
 only copies, launches and collects. Rows that cannot run here (nvJPEG, compile without CUDA) are returned as
-{"path", "skipped": why}.
+{"path", "skipped": why}. ``e2e_ratio`` times the issue's ratio (.ndc shard path over nvJPEG at the same bpp) in
+alternating rounds, for its median and spread.
 """
 from __future__ import annotations
 
@@ -413,7 +414,7 @@ def e2e_ratio(val_dir, work, points=("c8", "c16"), device: str = "cuda", batch: 
     work = Path(work)
     info = prepare_files(val_dir, work, points, None, None, dev, log)
     ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
-    mode = compile_mode if compile_mode else None
+    mode = compile_mode or None
     net, mean, rgb_classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
     rgb = make_infer(net, lambda u8: u8.float() - mean, torch.zeros(batch, 3, 224, 224, dtype=torch.uint8,
                                                                    device=dev), mode)
