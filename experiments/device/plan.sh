@@ -20,7 +20,7 @@
 #   grid60 issue 12's matched capacity under imagenette60 at one point and width, three arms x three seeds, e.g.
 #         `plan.sh start "grid60 c8 1" "grid60 c8 0.5"` (a chain with arguments: quote it; a third argument: runs
 #         per GPU, default 3)
-#   ratio issue 13's .ndc / nvJPEG ratio at c8 and c16 in RATIO_ROUNDS alternating rounds (gpu_decode.py e2e-ratio,
+#   ratio issue 13's .ndc / nvJPEG ratio at c8 and c16 in 20 alternating rounds (gpu_decode.py e2e-ratio,
 #         random weights: timing only), on an idle GPU: put it first in a chain, e.g. `plan.sh start "ratio; grid60 c8 0.5"`
 set -u
 HELDOUT_EP60=0.9081309398099261   # results/classification/matched/search.json: search-ep60, the imagenette60 recipe itself
@@ -67,7 +67,7 @@ grid60() {   # POINT WIDTH [PER_GPU]: its own state, so that chains on other GPU
 ratio() {
   bash experiments/device/wheels.sh || return 1
   python3 experiments/speed/gpu_decode.py run /root/data/imagenette2-224/val --out /root/results/gpu_decode_ratio \
-    --work /root/gpu_decode_work --stages prepare,e2e-ratio --rounds "${RATIO_ROUNDS:-20}" --budget-minutes 8 \
+    --work /root/gpu_decode_work --stages prepare,e2e-ratio --budget-minutes 8 \
     2>&1 | grep -v "^W[0-9]\{4\} " | tee /root/results/logs/gpu_decode_ratio.log
 }
 

@@ -248,8 +248,9 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--repeat", type=int, default=None, help="e2e, e2e-ratio: passes over the set per timed row (default 4)")
-    ap.add_argument("--rounds", type=int, default=8, help="e2e-ratio: alternating rounds per point")
+    ap.add_argument("--repeat", type=int, default=None,
+                    help="e2e, e2e-ratio: passes over the set per timed row (default 4)")
+    ap.add_argument("--rounds", type=int, default=20, help="e2e-ratio: alternating rounds per point")
     ap.add_argument("--classifiers", default=None, help="folder of trained <point>-<input>-<model>-s0 runs")
     ap.add_argument("--stages", default=None, help="run: only these stages, comma separated (default: all), e.g. "
                     "prepare,cpu-decode-per-core on a CPU")

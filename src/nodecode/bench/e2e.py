@@ -397,7 +397,7 @@ def alternate(sides: dict, rounds: int) -> dict:
 
 
 def e2e_ratio(val_dir, work, points=("c8", "c16"), device: str = "cuda", batch: int = 1024, cls_root=None,
-              rounds: int = 8, repeat: int = 2, compile_mode: str | None = "default", width: float = 1.0,
+              rounds: int = 20, repeat: int = 4, compile_mode: str | None = "default", width: float = 1.0,
               log=print) -> dict:
     """Issue 13's ratio (.ndc shard -> GPU decode -> cResNet-51 over JPEG at the same bpp -> nvJPEG -> ResNet-50,
     both compiled and pipelined) measured in `rounds` alternating rounds (ABBA order: drift cancels), each side
