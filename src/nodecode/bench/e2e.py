@@ -182,6 +182,24 @@ def _classifier(path: Path | None, model: str, in_channels: int, mean: float, de
     return net, torch.full((1, in_channels, 1, 1), mean, device=dev), None
 
 
+def _trained(cls_root):
+    """name -> cls_root/name (a trained run's folder), or -> None without cls_root (random weights)."""
+    return (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
+
+
+def latent_infer(net, mean, codec, batch: int, dev, compile_mode: str | None = None):
+    """make_infer for a cResNet on a codec's symbols: u8 symbols (N, C, 28, 28) -> ŷ - the channel mean -> labels."""
+    c = codec.config.channels
+    return make_infer(net, lambda u8: codec.latent(u8) - mean,
+                      torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), compile_mode)
+
+
+def rgb_infer(net, mean, batch: int, dev, compile_mode: str | None = None):
+    """make_infer for a ResNet on decoded 224² RGB: u8 (N, 3, 224, 224) - the mean -> labels."""
+    return make_infer(net, lambda u8: u8.float() - mean,
+                      torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev), compile_mode)
+
+
 def prepare_files(val_dir, work: Path, points=("c8", "c16"), limit: int | None = None, workers: int | None = None,
                   device="cpu", log=print) -> dict:
     """Once per work folder (kept in work/info.json): the val images (224², the evaluation crop) as .ndc files of
@@ -260,7 +278,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
     info = prepare_files(val_dir, work, points, limit, workers, dev, log)
     names = info["names"] * repeat
     workers = workers if workers is not None else min(16, os.cpu_count() or 1)
-    ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
+    ck = _trained(cls_root)
     impls = ["optimized"] + (["compiled"] if compile_mode and dev.type == "cuda" else [])
     rows: list[dict] = []
     if compile_mode and dev.type != "cuda":
@@ -289,10 +307,8 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
             net, mean, classes = _classifier(ck(f"{point}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
             samples = read_shard(work / f"{point}.tar")
 
-            def build(impl, net=net, mean=mean, codec=codec, c=c, dec=dec, samples=samples):
-                infer = make_infer(net, lambda u8: codec.latent(u8) - mean,
-                                   torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev),
-                                   compile_mode if impl == "compiled" else None)
+            def build(impl, net=net, mean=mean, codec=codec, dec=dec, samples=samples):
+                infer = latent_infer(net, mean, codec, batch, dev, compile_mode if impl == "compiled" else None)
                 g.ndc_shard_pass(samples[: 2 * batch], dec, infer, batch, True)        # warm-up: kernel, graph
                 return infer
 
@@ -318,9 +334,7 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
                 [str(work / which / "jpeg" / f"{n}.jpg") for n in names]
 
             def build(impl, files=files):
-                infer = make_infer(net, lambda u8: u8.float() - mean,
-                                   torch.zeros(batch, 3, 224, 224, dtype=torch.uint8, device=dev),
-                                   compile_mode if impl == "compiled" else None)
+                infer = rgb_infer(net, mean, batch, dev, compile_mode if impl == "compiled" else None)
                 g.nvjpeg_pass(files[: 2 * batch], infer, batch, dev, True)
                 return infer
 
@@ -338,14 +352,12 @@ def e2e_speed(val_dir, work, codec_name: str = "c8", device: str = "cuda", limit
         for kind in ("jpeg", "ndc"):
             if kind == "jpeg":
                 net, mean, classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
-                prep, shape, fn, files = (lambda u8, m=mean: u8.float() - m), (3, 224), decode_image_chunk, \
-                    info["originals"] * repeat
+                infer, fn, files = rgb_infer(net, mean, batch, dev), decode_image_chunk, info["originals"] * repeat
             else:
                 net, mean, classes = _classifier(ck(f"{codec_name}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
-                prep, shape, fn = (lambda u8, m=mean: codec.latent(u8) - m), (c, 28), decode_ndc_chunk
+                infer, fn = latent_infer(net, mean, codec, batch, dev), decode_ndc_chunk
                 files = [str(work / codec_name / "ndc" / f"{n}.ndc") for n in names]
             check_files(files)
-            infer = make_infer(net, prep, torch.zeros(batch, shape[0], shape[1], shape[1], dtype=torch.uint8, device=dev))
             run_files(files[: 2 * batch], fn, infer, batch, max(workers, 1), dev, True, pool)     # warm-up
             for mode in ("sequential", "pipelined"):
                 r = run_files(files, fn, infer, batch, max(workers, 1), dev, mode == "pipelined", pool)
@@ -413,19 +425,17 @@ def e2e_ratio(val_dir, work, points=("c8", "c16"), device: str = "cuda", batch: 
         return {"skipped": why}
     work = Path(work)
     info = prepare_files(val_dir, work, points, None, None, dev, log)
-    ck = (lambda name: Path(cls_root) / name) if cls_root else (lambda name: None)
+    ck = _trained(cls_root)
     mode = compile_mode or None
     net, mean, rgb_classes = _classifier(ck("none-rgb-resnet50-s0"), "resnet50", 3, 127.5, dev, width)
-    rgb = make_infer(net, lambda u8: u8.float() - mean, torch.zeros(batch, 3, 224, 224, dtype=torch.uint8,
-                                                                   device=dev), mode)
+    rgb = rgb_infer(net, mean, batch, dev, mode)
     out = {"rounds": rounds, "repeat": repeat, "batch": batch, "compile_mode": mode, "points": {}}
     for point in points:
         codec = load_codec(point, dev)
         dec = BatchDecoder(codec, dev)
         c = codec.config.channels
         lnet, lmean, classes = _classifier(ck(f"{point}-latent-cresnet51-s0"), "cresnet51", c, 0.0, dev, width)
-        lat = make_infer(lnet, lambda u8, codec=codec, m=lmean: codec.latent(u8) - m,
-                         torch.zeros(batch, c, 28, 28, dtype=torch.uint8, device=dev), mode)
+        lat = latent_infer(lnet, lmean, codec, batch, dev, mode)
         shard = work / f"{point}.tar"
         jpegs = [str(work / point / "jpeg" / f"{n}.jpg") for n in info["names"]] * repeat
         g.ndc_shard_pass(read_shard(shard)[: 2 * batch], dec, lat, batch, True)      # warm-up: kernel, graph
