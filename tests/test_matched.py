@@ -127,6 +127,10 @@ def test_repeats_pool_every_run_of_the_arms_that_were_run_again(tmp_path):
     assert by["c8", "latent"]["seeds"] == [0, 0, 1] and by["c8", "latent"]["top1"] == pytest.approx(82.0)
     assert by["c8", "decoded"]["top1"] == pytest.approx(86.0) and by["c8", "decoded"]["top1_std"] == pytest.approx(1.0)
     assert "| runs |" in md.splitlines()[0] and "| -4.00 |" in md
+    _, md = matched.table(table)                     # a one-seed row shows its value, no "± 0.00" spread
+    c32 = next(line for line in md.splitlines() if line.startswith("| c32 "))
+    assert "| 87.00 | 98.00 | 1 |" in c32 and "±" not in c32
+    assert "| 81.00 ± 1.00 | 98.00 ± 0.00 | 2 |" in md
 
 
 @needs(IMAGENETTE)

@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 
 from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, experiment_parser, export_bundled,
-                                  grid_job, grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides,
-                                  plot_arms, prepare_once, read_json, run_grid, split_grid_args, todo_points)
+                                  grid_job, grid_stage, group_arms, markdown_table, matched_grid, mean_pm, mean_std,
+                                  overrides, plot_arms, prepare_once, read_json, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture + ResNet-50 on the latent, g_s trained from
@@ -176,8 +176,8 @@ def table(rows: dict, count: str = "seeds") -> tuple[list[dict], str]:
     cells = []
     for r in out:
         d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
-        cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], f"{r['top1']:.2f} ± {r['top1_std']:.2f}",
-                      f"{r['top5']:.2f} ± {r['top5_std']:.2f}", len(r["seeds"]), f"{r['gmacs']:.2f}",
+        cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], mean_pm(r["top1"], r["top1_std"], len(r["seeds"])),
+                      mean_pm(r["top5"], r["top5_std"], len(r["seeds"])), len(r["seeds"]), f"{r['gmacs']:.2f}",
                       "–" if d is None else f"{r['top1'] - d:+.2f}"))
     return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", count, "GMACs",
                                 "Δ top-1 vs decoded"], cells, align="lrllrrrrr")

@@ -19,7 +19,7 @@
 #         (j) session; the (i) ran ep80 / b64); a variant above the recorded ep60 (90.81 held-out) then trains on val
 #   grid60 issue 12's matched capacity under imagenette60 at one point and width, three arms x three seeds, e.g.
 #         `plan.sh start "grid60 c8 1" "grid60 c8 0.5"` (a chain with arguments: quote it; a third argument: runs
-#         per GPU, default 3)
+#         per GPU, default 3; a fourth: the seeds, default 0,1,2)
 #   ratio issue 13's .ndc / nvJPEG ratio at c8 and c16 in 20 alternating rounds (gpu_decode.py e2e-ratio,
 #         random weights: timing only), on an idle GPU: put it first in a chain, e.g. `plan.sh start "ratio; grid60 c8 0.5"`
 set -u
@@ -59,9 +59,10 @@ c3() {   # issue 12's C3 at c32: the segmenters still missing (seeds) on backbon
     c32-decoded-resnet50_d-w0.25-s2,c32-latent-cresnet51_d-w0.25-s2,c32-latent-cresnet39_d-w0.25-s1,c32-latent-cresnet39_d-w0.25-s2"
 }
 
-grid60() {   # POINT WIDTH [PER_GPU]: its own state, so that chains on other GPUs never share a runs.json
+grid60() {   # POINT WIDTH [PER_GPU [SEEDS]]: its own state, so that chains on other GPUs never share a runs.json
   stage "g60-$1-$2" 30 matched "--state /root/m60-$1-$2 --out /root/results/m60-$1-$2 --recipe imagenette60
-    --points $1 --widths $2 --arms decoded:resnet50,latent:cresnet51,latent:cresnet39 --per-gpu ${3:-3}"
+    --points $1 --widths $2 --arms decoded:resnet50,latent:cresnet51,latent:cresnet39 --per-gpu ${3:-3}
+    --seeds ${4:-0,1,2}"
 }
 
 ratio() {

@@ -25,8 +25,8 @@ import json
 from pathlib import Path
 
 from nodecode.experiments import (ROOT, Runs, add_grid_args, experiment_parser, export_bundled, grid_job, grid_key,
-                                  grid_stage, group_arms, markdown_table, matched_grid, mean_std, overrides, plot_arms,
-                                  prepare_once, run_grid, split_grid_args, todo_points)
+                                  grid_stage, group_arms, markdown_table, matched_grid, mean_pm, mean_std, overrides,
+                                  plot_arms, prepare_once, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50_d"), ("latent", "cresnet51_d"), ("latent", "cresnet39_d"), ("rgb", "resnet50_d"))
 FRAME = (360, 480)          # CamVid frames: GMACs of a whole frame (latent: FRAME / 8)
@@ -132,8 +132,8 @@ def table(rows: dict) -> tuple[list[dict], str]:
     for r in out:
         d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
         cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"],
-                      f"{r['val_miou']:.2f} ± {r['val_miou_std']:.2f}",
-                      f"{r['test_miou']:.2f} ± {r['test_miou_std']:.2f}",
+                      mean_pm(r["val_miou"], r["val_miou_std"], len(r["seeds"])),
+                      mean_pm(r["test_miou"], r["test_miou_std"], len(r["seeds"])),
                       len(r["seeds"]), "–" if d is None else f"{r['val_miou'] - d:+.2f}"))
     return out, markdown_table(["point", "width", "input", "model", "val mIoU", "test mIoU", "seeds",
                                 "Δ val mIoU vs decoded"], cells, align="lrllrrrr")

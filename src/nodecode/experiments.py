@@ -189,6 +189,11 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
+def mean_pm(mean: float, std: float, n: int) -> str:
+    """A table cell: "mean ± std" over n > 1 seeds, the bare value for one (a single run has no spread to show)."""
+    return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
+
+
 def best_seconds(fn: Callable[[], object], reps: int = 3) -> float:
     """The fastest of `reps` timed calls of fn (wall seconds): a benchmark's figure, robust to a noisy neighbour."""
     out = []
