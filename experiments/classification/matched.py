@@ -176,8 +176,9 @@ def table(rows: dict, count: str = "seeds") -> tuple[list[dict], str]:
     cells = []
     for r in out:
         d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
-        cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], mean_pm(r["top1"], r["top1_std"], len(r["seeds"])),
-                      mean_pm(r["top5"], r["top5_std"], len(r["seeds"])), len(r["seeds"]), f"{r['gmacs']:.2f}",
+        n = len(r["seeds"])
+        cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], mean_pm(r["top1"], r["top1_std"], n),
+                      mean_pm(r["top5"], r["top5_std"], n), n, f"{r['gmacs']:.2f}",
                       "–" if d is None else f"{r['top1'] - d:+.2f}"))
     return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", count, "GMACs",
                                 "Δ top-1 vs decoded"], cells, align="lrllrrrrr")
