@@ -272,6 +272,7 @@ def main(argv=None):
         limit = a.limit or (24 if a.smoke else None)
         batch = a.batch or (8 if a.smoke else 1024)
         workers = a.workers or (2 if a.smoke else min(16, os.cpu_count() or 1))
+        repeat = a.repeat or (1 if a.smoke else 4)
         work = Path(a.work) if a.work else out / "work"
         out.mkdir(parents=True, exist_ok=True)
         runs.done.update(provenance("experiments/speed/gpu_decode.py run"), smoke=a.smoke, triton=triton_available(),
@@ -280,12 +281,11 @@ def main(argv=None):
                 "bitexact": lambda: bitexact(work, dev, batch),
                 "kernel": lambda: kernel_speed(work, dev, batch, 3 if a.smoke else 50),
                 "cpu-decode-per-core": lambda: cpu_per_core(work, 32 if a.smoke else 512),
-                "cpu-decode-procs": lambda: cpu_procs(work, workers, batch, a.repeat or (1 if a.smoke else 4)),
+                "cpu-decode-procs": lambda: cpu_procs(work, workers, batch, repeat),
                 "e2e": lambda: e2e(a.val_dir, work, dev, limit, batch, workers, a.classifiers, a.smoke,
-                                   a.repeat or (1 if a.smoke else 4), a.compile_mode),
+                                   repeat, a.compile_mode),
                 "e2e-ratio": lambda: ratio(a.val_dir, work, dev, batch, a.classifiers, a.smoke,
-                                           2 if a.smoke else a.rounds, a.repeat or (1 if a.smoke else 4),
-                                           a.compile_mode)}
+                                           2 if a.smoke else a.rounds, repeat, a.compile_mode)}
         for name in (n for n in names if n in only):
             if run_stage(runs, budget, name, args[name]) is None and name == "prepare":
                 break                           # nothing to decode without the files
