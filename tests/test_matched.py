@@ -182,3 +182,39 @@ def test_collect_writes_the_report_where_results_says(tmp_path):
     assert by["latent"]["top1"] == pytest.approx(84.5) and by["decoded"]["top1"] == pytest.approx(85.5)
     assert "| -1.00 |" in (out / "matched.md").read_text()
     assert (default.read_bytes() if default.exists() else None) == before
+
+
+def test_collect_add_merges_a_device_sessions_rows_and_refuses_a_changed_run(tmp_path, capsys):
+    """matched.py collect --add FILE: the session's new rows join the table's runs.json (saved) before the report; a
+    row already there unchanged is fine, the same key with other values stops with one line and changes nothing."""
+    from conftest import load_script
+    matched = load_script("experiments/classification/matched.py")
+
+    def row(kind, model, seed, top1):
+        return {"point": "c8", "input": kind, "model": model, "width": 0.5, "seed": seed,
+                "val": {"top1": top1, "top5": 0.98}, "device": "H200"}
+    table = {"c8-decoded-resnet50-w0.5-s0": row("decoded", "resnet50", 0, 0.86),
+             "c8-latent-cresnet51-w0.5-s0": row("latent", "cresnet51", 0, 0.85)}
+    out = tmp_path / "matched60"
+    out.mkdir()
+    (out / "runs.json").write_text(json.dumps(table))
+    session = tmp_path / "m60-c8-0.5.json"
+    new = {"c8-decoded-resnet50-w0.5-s1": row("decoded", "resnet50", 1, 0.88),
+           "c8-latent-cresnet51-w0.5-s1": row("latent", "cresnet51", 1, 0.87)}
+    session.write_text(json.dumps({**new, "c8-latent-cresnet51-w0.5-s0": table["c8-latent-cresnet51-w0.5-s0"]}))
+    matched.main(["collect", "--results", str(out), "--add", str(session)])
+    assert "2 new run(s) added" in capsys.readouterr().out
+    assert json.loads((out / "runs.json").read_text()) == {**table, **new}
+    by = {r["input"]: r for r in json.loads((out / "matched.json").read_text())["table2"]}
+    assert by["decoded"]["top1"] == pytest.approx(87.0) and by["latent"]["top1"] == pytest.approx(86.0)
+    assert len(by["latent"]["seeds"]) == 2
+
+    before = (out / "runs.json").read_bytes()
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps({"c8-latent-cresnet51-w0.5-s2": row("latent", "cresnet51", 2, 0.8),
+                                   "c8-latent-cresnet51-w0.5-s1": row("latent", "cresnet51", 1, 0.5)}))
+    with pytest.raises(SystemExit, match="c8-latent-cresnet51-w0.5-s1 is already in .* with other values"):
+        matched.main(["collect", "--results", str(out), "--add", str(changed)])
+    with pytest.raises(SystemExit, match="no runs.json"):
+        matched.main(["collect", "--results", str(out), "--add", str(tmp_path / "missing.json")])
+    assert (out / "runs.json").read_bytes() == before

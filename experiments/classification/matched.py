@@ -10,8 +10,8 @@ runs.json row in RUN/result.json; the parent alone writes runs.json.
   run      the grid, resumably: finished runs in STATE/runs.json (merged with --done), run folders in STATE/runs;
            writes runs.json, matched.json (Table 2 rows with mean ± std, Fig. 6 points) and matched.md to --out
   search   recipe search for ResNet-50 on original RGB on a held-out 10% of train (never val): variants of the recipe
-  collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done; default --results' own) into --results; with
-           --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled; with
+  collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done; default --results' own) into --results, after
+           --add's files (a device session's runs.json) joined it; with --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled; with
            --search (and --search-val), search.json / .md: the held-out variants (and the winner on val)
   bench    the augmentation's cost (img/s of crop + encode / + decode) on this device, to --out/bench.json
 --smoke: a few Imagenette images per class at 64 px, one width, one point, two seeds, one epoch: seconds on a CPU.
@@ -24,9 +24,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, experiment_parser, export_bundled,
-                                  grid_job, grid_stage, group_arms, markdown_table, matched_grid, mean_pm, mean_std,
-                                  overrides, plot_arms, prepare_once, read_json, run_grid, split_grid_args, todo_points)
+from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, collected_runs, experiment_parser,
+                                  export_bundled, grid_job, grid_stage, group_arms, markdown_table, matched_grid,
+                                  mean_pm, mean_std, overrides, plot_arms, prepare_once, read_json, run_grid,
+                                  split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture + ResNet-50 on the latent, g_s trained from
@@ -219,7 +220,7 @@ def repeats(done: dict, reruns: list[str]) -> tuple[list[dict], str]:
 
 def stage_collect(a) -> None:
     res = Path(a.results)
-    report(a, Runs(Path(a.done)), res, plot=True)
+    report(a, collected_runs(a), res, plot=True)
     if a.search:
         print(search_report(a.search, a.search_val, read_json(a.done), res))
     if a.reruns:

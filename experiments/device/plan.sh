@@ -5,7 +5,8 @@
 #   bash experiments/device/plan.sh poll [S]   sleep S seconds (or until every chain ended), show each chain's tail
 #   bash experiments/device/plan.sh autotune   issue 13's cResNet-51 vs decoder + ResNet-50, compiled in each of
 #                  AUTOTUNE_MODES (default: default, then max-autotune-no-cudagraphs with AUTOTUNE_S s) ($OUT/speed-*.json)
-#   bash experiments/device/plan.sh collect    /root/results (no bundle candidates) as $OUT/results.tar
+#   bash experiments/device/plan.sh collect    /root/results (no bundle candidates) and the stages' runs.json as
+#                  $OUT/results.tar
 # Each chain runs call.sh stages one after the other on its GPU, each stage with its own --state and --out, so
 # they never share a runs.json; a stage resumes from /root when a chain is started again on the same machine.
 # Chains (2026-11-28 (i) session, `nvidia-h200-x2`):
@@ -127,7 +128,12 @@ case "${1:-}" in
         --impls compiled --compile-mode "$mode" --compile-budget-s 600 --json "$OUT/speed-$mode.json" 2>&1 \
         | grep -v "^W[0-9]\{4\} \|^\s*$" | tail -n 12
     done ;;
-  collect)
+  collect)   # one file ($OUT brings back at most 8): /root/results plus each stage state's runs.json (the rows of
+             # finished runs, also of a stage still running) under results/state/NAME/
+    for f in /root/*/runs.json; do
+      d=$(basename "$(dirname "$f")"); [ "$d" = results ] && continue
+      mkdir -p "/root/results/state/$d" && cp "$f" "/root/results/state/$d/"
+    done
     tar --exclude='*/bundled/*.safetensors' -cf "$OUT/results.tar" -C /root results && ls -la "$OUT" ;;
   *) echo "usage: plan.sh start CHAIN...|poll [S]|autotune|collect"; exit 2 ;;
 esac

@@ -13,7 +13,7 @@ the budget with a checkpoint and resumes in the next call; the parent alone writ
            writes runs.json, matched.json (rows with mean ± std of val and test mIoU over seeds, GMACs at 360x480)
            and matched.md to --out
   collect  matched.json / .md (+ val mIoU vs width PNG) from a runs.json (--done) into --results
-           (results/segmentation/matched/)
+           (results/segmentation/matched/), after --add's files (a device session's runs.json) joined it
 --smoke: two CamVid frames per split, width 0.0625, c8, two seeds, two iterations on 64 px crops: seconds on a CPU.
 
 GPU call (resumes; PYTHONPATH=src as experiments/device/call.sh sets it):
@@ -24,9 +24,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (ROOT, Runs, add_grid_args, experiment_parser, export_bundled, grid_job, grid_key,
-                                  grid_stage, group_arms, markdown_table, matched_grid, mean_pm, mean_std, overrides,
-                                  plot_arms, prepare_once, run_grid, split_grid_args, todo_points)
+from nodecode.experiments import (ROOT, Runs, add_grid_args, collected_runs, experiment_parser, export_bundled,
+                                  grid_job, grid_key, grid_stage, group_arms, markdown_table, matched_grid, mean_pm,
+                                  mean_std, overrides, plot_arms, prepare_once, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50_d"), ("latent", "cresnet51_d"), ("latent", "cresnet39_d"), ("rgb", "resnet50_d"))
 FRAME = (360, 480)          # CamVid frames: GMACs of a whole frame (latent: FRAME / 8)
@@ -160,7 +160,7 @@ def plot_widths(rows: list[dict], path: Path) -> None:
 
 
 def stage_collect(a) -> None:
-    report(a, Runs(Path(a.done)), Path(a.results), plot=True)
+    report(a, collected_runs(a), Path(a.results), plot=True)
 
 
 def parse(argv=None):

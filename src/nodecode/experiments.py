@@ -87,6 +87,24 @@ class Runs:
         self.save()
         return value
 
+    def add(self, *paths: str | Path) -> int:
+        """Rows of other runs.json files (a device session's) added and saved; the number of new rows. A key already
+        here with other values stops everything unsaved: a re-run of a key is a repeat, not a replacement."""
+        new: dict = {}
+        for p in paths:
+            rows = read_json(p)
+            if not isinstance(rows, dict):
+                raise SystemExit(f"error: {p}: no runs.json (a JSON object of runs) there")
+            for key, row in rows.items():
+                if self.done.get(key, new.get(key, row)) != row:
+                    raise SystemExit(f"error: {p}: run {key} is already in {self.path} with other values")
+                if key not in self.done:
+                    new[key] = row
+        self.done.update(new)
+        if new:
+            self.save()
+        return len(new)
+
     def save(self, path: str | Path | None = None) -> None:
         """Write runs.json (or a copy of it to `path`, e.g. beside a report)."""
         from nodecode.utils import write_json
@@ -276,6 +294,8 @@ def add_grid_args(ap: argparse.ArgumentParser, state: str, points: str = "c8,c16
     ap.add_argument("--state", default=state, help="runs.json and run folders, kept between calls")
     ap.add_argument("--out", default=os.environ.get("OUT") or None, help="report folder (default $OUT, else --state)")
     ap.add_argument("--done", default=None, help="a runs.json of finished runs to skip (run) or tabulate (collect)")
+    ap.add_argument("--add", nargs="+", default=(), metavar="RUNS_JSON",
+                    help="collect: a device session's runs.json files, added to --done's before the report")
     ap.add_argument("--set", action="append", help="config override NAME=VALUE (JSON value), repeatable")
     ap.add_argument("--points", default=points)
     ap.add_argument("--widths", default=widths)
@@ -287,6 +307,14 @@ def add_grid_args(ap: argparse.ArgumentParser, state: str, points: str = "c8,c16
     ap.add_argument("--cpu-jobs", type=int, default=1, help="parallel jobs without a GPU")
     ap.add_argument("--margin", type=float, default=1.0, help="minutes a job stops before the budget (loading, saving)")
     ap.add_argument("--min-start", type=float, default=2.0, help="no job starts with fewer minutes left")
+
+
+def collected_runs(a) -> Runs:
+    """collect: the table's runs (--done), with the rows of --add's files added to that runs.json first."""
+    runs = Runs(Path(a.done))
+    if a.add:
+        print(f"{runs.add(*a.add)} new run(s) added to {runs.path}")
+    return runs
 
 
 def split_grid_args(a) -> None:
