@@ -137,3 +137,21 @@ def test_json_to_stdout_or_to_a_path(tmp_path, capsys):
     table = capsys.readouterr().out              # with a PATH the JSON goes there and the table to stdout as without
     assert json.loads((tmp_path / "f.json").read_text()) == rows and "| cresnet51 |" in table
     assert main(["flops"]) == 0 and capsys.readouterr().out == table
+
+
+def test_a_runs_recorded_recipe_is_named_back():
+    """tasks.recipe.recipe_name: the recipe a run wrote to its summary (asdict, through JSON) is found again by name;
+    an override makes it none of them; a field newer than the run is not compared."""
+    from nodecode.tasks.classification import ClassifierTrainConfig
+    from nodecode.tasks.recipe import recipe_name
+
+    def recorded(argv):
+        cfg = config_from_args(ClassifierTrainConfig, build_parser().parse_args(("train classifier --data D --out O "
+                                                                                   + argv).split()))
+        return json.loads(json.dumps(dataclasses.asdict(cfg.recipe_values())))
+    assert recipe_name(recorded("--recipe imagenette60")) == "imagenette60"
+    assert recipe_name(recorded("")) == "paper" and recipe_name(recorded("--recipe imagenette")) == "imagenette"
+    assert recipe_name(recorded("--recipe imagenette60 --epochs 80")) is None
+    old = recorded("--recipe imagenette")
+    del old["cutmix"]
+    assert recipe_name(old) == "imagenette" and recipe_name({}) is None and recipe_name({"nope": 1}) is None

@@ -190,9 +190,15 @@ def test_collect_add_merges_a_device_sessions_rows_and_refuses_a_changed_run(tmp
     from conftest import load_script
     matched = load_script("experiments/classification/matched.py")
 
+    from dataclasses import asdict
+
+    from nodecode.tasks.recipe import RECIPES
+    recipe = json.loads(json.dumps(asdict(RECIPES["imagenette60"])))      # as a run records it (tuples as lists)
+    recipe.pop("cutmix")                                                  # a run older than that field
+
     def row(kind, model, seed, top1):
         return {"point": "c8", "input": kind, "model": model, "width": 0.5, "seed": seed,
-                "val": {"top1": top1, "top5": 0.98}, "device": "H200"}
+                "val": {"top1": top1, "top5": 0.98}, "device": "H200", "recipe": recipe}
     table = {"c8-decoded-resnet50-w0.5-s0": row("decoded", "resnet50", 0, 0.86),
              "c8-latent-cresnet51-w0.5-s0": row("latent", "cresnet51", 0, 0.85)}
     out = tmp_path / "matched60"
@@ -205,9 +211,16 @@ def test_collect_add_merges_a_device_sessions_rows_and_refuses_a_changed_run(tmp
     matched.main(["collect", "--results", str(out), "--add", str(session)])
     assert "2 new run(s) added" in capsys.readouterr().out
     assert json.loads((out / "runs.json").read_text()) == {**table, **new}
-    by = {r["input"]: r for r in json.loads((out / "matched.json").read_text())["table2"]}
+    report = json.loads((out / "matched.json").read_text())
+    assert report["recipe"] == "imagenette60"          # named from the runs' recorded recipe, not --recipe's default
+    by = {r["input"]: r for r in report["table2"]}
     assert by["decoded"]["top1"] == pytest.approx(87.0) and by["latent"]["top1"] == pytest.approx(86.0)
     assert len(by["latent"]["seeds"]) == 2
+    # Δ -1.00 with its standard error from the sample stds: sqrt(1.41^2 / 2 + 1.41^2 / 2) = 1.41 at two seeds a side
+    assert by["latent"]["delta_top1"] == pytest.approx(-1.0)
+    assert by["latent"]["delta_top1_se"] == pytest.approx(2 ** 0.5)
+    assert "| -1.00 | 1.41 |" in (out / "matched.md").read_text()
+    assert matched.delta_se(0.5, 1, 0.5, 3) is None                  # one run has no spread to compare
 
     before = (out / "runs.json").read_bytes()
     changed = tmp_path / "changed.json"

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import CAMVID, needs, rerun_after_losing
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +55,10 @@ def test_segmatched_smoke_runs_resumes_and_reports(tmp_path):
     rep = json.loads((tmp_path / "out" / "matched.json").read_text())
     assert len(rep["rows"]) == 4 and all(r["seeds"] == [0, 1] and r["gmacs"] > 0 for r in rep["rows"])
     assert {(r["input"], r["model"]) for r in rep["rows"]} == {(k.split("-")[1], m) for k, m in ARMS}
+    dec = next(r for r in rep["rows"] if r["input"] == "decoded")     # Δ vs decoded, its SE from two seeds a side
+    for r in (r for r in rep["rows"] if r["input"] == "latent"):
+        assert r["delta_val_miou"] == pytest.approx(r["val_miou"] - dec["val_miou"])
+        assert r["delta_val_miou_se"] == pytest.approx((r["val_miou_std"] ** 2 + dec["val_miou_std"] ** 2) ** 0.5)
     md = (tmp_path / "out" / "matched.md").read_text()
     assert "| c8 | 0.0625 | latent | cresnet51_d |" in out and md.count("\n| c8 | 0.0625 | latent |") == 2
     again = _run("run", tmp=tmp_path)                                  # resumed: nothing left to train

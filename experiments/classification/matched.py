@@ -11,8 +11,9 @@ runs.json row in RUN/result.json; the parent alone writes runs.json.
            writes runs.json, matched.json (Table 2 rows with mean ± std, Fig. 6 points) and matched.md to --out
   search   recipe search for ResNet-50 on original RGB on a held-out 10% of train (never val): variants of the recipe
   collect  matched.json / .md (+ fig6 PNG) from a runs.json (--done; default --results' own) into --results, after
-           --add's files (a device session's runs.json) joined it; with --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats') pooled; with
-           --search (and --search-val), search.json / .md: the held-out variants (and the winner on val)
+           --add's files (a device session's runs.json) joined it; Δ vs decoded with its standard error (sample
+           stds); with --reruns, repeats.json / .md: every run of each re-run arm (the table's and the repeats')
+           pooled; with --search (and --search-val), search.json / .md: the held-out variants (and the winner on val)
   bench    the augmentation's cost (img/s of crop + encode / + decode) on this device, to --out/bench.json
 --smoke: a few Imagenette images per class at 64 px, one width, one point, two seeds, one epoch: seconds on a CPU.
 
@@ -24,10 +25,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, collected_runs, experiment_parser,
-                                  export_bundled, grid_job, grid_stage, group_arms, markdown_table, matched_grid,
-                                  mean_pm, mean_std, overrides, plot_arms, prepare_once, read_json, run_grid,
-                                  split_grid_args, todo_points)
+from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, collected_runs, delta_se,
+                                  experiment_parser, export_bundled, grid_job, grid_stage, group_arms, markdown_table,
+                                  matched_grid, mean_pm, mean_std, overrides, plot_arms, prepare_once, read_json,
+                                  run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture + ResNet-50 on the latent, g_s trained from
@@ -173,16 +174,20 @@ def table(rows: dict, count: str = "seeds") -> tuple[list[dict], str]:
                     "top5": t5, "top5_std": s5, "seeds": sorted(r["seed"] for r in rs), "gmacs": g,
                     "gmacs_with_decoder": g + dec[c] if kind == "decoded" else g,
                     "devices": sorted({str(r.get("device")) for r in rs}), "eval_on": rs[0].get("eval_on", "val")})
-    ref = {(r["point"], r["width"]): r["top1"] for r in out if r["input"] == "decoded"}
+    ref = {(r["point"], r["width"]): r for r in out if r["input"] == "decoded"}
     cells = []
     for r in out:
         d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
         n = len(r["seeds"])
+        if d:
+            r["delta_top1"] = r["top1"] - d["top1"]
+            r["delta_top1_se"] = delta_se(r["top1_std"], n, d["top1_std"], len(d["seeds"]))
+        se = r.get("delta_top1_se")
         cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], mean_pm(r["top1"], r["top1_std"], n),
                       mean_pm(r["top5"], r["top5_std"], n), n, f"{r['gmacs']:.2f}",
-                      "–" if d is None else f"{r['top1'] - d:+.2f}"))
+                      f"{r['delta_top1']:+.2f}" if d else "–", "–" if se is None else f"{se:.2f}"))
     return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", count, "GMACs",
-                                "Δ top-1 vs decoded"], cells, align="lrllrrrrr")
+                                "Δ top-1 vs decoded", "SE of Δ"], cells, align="lrllrrrrrr")
 
 
 def report(a, runs: Runs, out: Path, plot: bool = False) -> None:
@@ -191,8 +196,11 @@ def report(a, runs: Runs, out: Path, plot: bool = False) -> None:
     rows, md = table(runs.done)
     fig6 = [{k: r[k] for k in ("point", "input", "model", "width", "gmacs", "gmacs_with_decoder", "top1", "top1_std")}
             for r in rows]
-    (out / "matched.json").write_text(json.dumps({"recipe": a.recipe, "overrides": overrides(a.set), "table2": rows,
-                                                  "fig6": fig6}, indent=1) + "\n")
+    from nodecode.tasks.recipe import recipe_name      # the recipe the runs recorded, --recipe for rows without one
+    names = sorted({(recipe_name(r["recipe"]) or "other") if r.get("recipe") else a.recipe for r in runs.done.values()})
+    (out / "matched.json").write_text(json.dumps({"recipe": names[0] if len(names) == 1 else names,
+                                                  "overrides": overrides(a.set), "table2": rows, "fig6": fig6},
+                                                 indent=1) + "\n")
     (out / "matched.md").write_text(md + "\n")
     if plot and rows:
         plot_fig6(fig6, out / "fig6_acc_vs_gmacs.png")

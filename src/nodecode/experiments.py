@@ -207,6 +207,14 @@ def mean_std(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std())
 
 
+def delta_se(std: float, n: int, ref_std: float, ref_n: int) -> float | None:
+    """Standard error of a difference of two means over seeds (Welch), from mean_std's population stds turned into
+    sample stds (ddof 1); None unless both sides have at least two runs."""
+    if n < 2 or ref_n < 2:
+        return None
+    return (std ** 2 / (n - 1) + ref_std ** 2 / (ref_n - 1)) ** 0.5
+
+
 def mean_pm(mean: float, std: float, n: int) -> str:
     """A table cell: "mean ± std" over n > 1 seeds, the bare value for one (a single run has no spread to show)."""
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"

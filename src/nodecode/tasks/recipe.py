@@ -97,6 +97,16 @@ def by_recipe(name: str) -> str:
     return "(default: the recipe's: " + ", ".join(f"{r} {show(getattr(rec, name))}" for r, rec in RECIPES.items()) + ")"
 
 
+def recipe_name(values: dict) -> str | None:
+    """The registered recipe that a run recorded (its Recipe as a dict; fields newer than the run are not compared),
+    or None when it is none of them (a search variant, --set overrides)."""
+    for name, r in RECIPES.items():
+        want = {f.name: list(v) if isinstance(v := getattr(r, f.name), tuple) else v for f in fields(r)}
+        if values and all(k in want and want[k] == v for k, v in values.items()):
+            return name
+    return None
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise NodecodeError(f"unknown recipe {name!r} (choose from {', '.join(RECIPES)})")
