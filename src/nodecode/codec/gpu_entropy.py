@@ -221,8 +221,8 @@ def decode_triton(buf: torch.Tensor, n: int, cdf: torch.Tensor, symbols_per_chan
     status = torch.empty(n, dtype=torch.int32, device=buf.device)
     if n:
         grid = (-(-n // BLOCK),)
-        _kernel(interpret)[grid](buf, starts, counts, cdf, out, status, n, c,
-                                 symbols_per_channel, L=l1 - 1, BLOCK=BLOCK)
+        _kernel(interpret)[grid](buf, starts, counts, cdf, out, status, n, c, symbols_per_channel, L=l1 - 1,
+                                 BLOCK=BLOCK, enable_fp_fusion=False)   # integer-only: pinned, not Triton's default
     return out.t(), status
 
 
