@@ -97,7 +97,8 @@ class Runs:
                 raise SystemExit(f"error: {p}: no runs.json (a JSON object of runs) there")
             for key, row in rows.items():
                 if self.done.get(key, new.get(key, row)) != row:
-                    raise SystemExit(f"error: {p}: run {key} is already in {self.path} with other values")
+                    where = self.path if key in self.done else "an earlier --add file"
+                    raise SystemExit(f"error: {p}: run {key} is already in {where} with other values")
                 if key not in self.done:
                     new[key] = row
         self.done.update(new)
