@@ -231,3 +231,5 @@ def test_collect_add_merges_a_device_sessions_rows_and_refuses_a_changed_run(tmp
     with pytest.raises(SystemExit, match="no runs.json"):
         matched.main(["collect", "--results", str(out), "--add", str(tmp_path / "missing.json")])
     assert (out / "runs.json").read_bytes() == before
+    with pytest.raises(SystemExit, match="--add is for collect"):
+        matched.parse(["run", "--add", str(session)])

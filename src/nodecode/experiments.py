@@ -327,7 +327,9 @@ def collected_runs(a) -> Runs:
 
 
 def split_grid_args(a) -> None:
-    """--points / --widths / --seeds / --runs as lists, --out defaulting to --state."""
+    """--points / --widths / --seeds / --runs as lists, --out defaulting to --state; --add only with collect."""
+    if a.add and a.stage != "collect":
+        raise SystemExit("error: --add is for collect (run merges finished runs with --done)")
     a.points = [p for p in a.points.split(",") if p]
     a.widths = [float(w) for w in a.widths.split(",")]
     a.seeds = [int(s) for s in a.seeds.split(",")]
