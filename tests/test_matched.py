@@ -220,7 +220,8 @@ def test_collect_add_merges_a_device_sessions_rows_and_refuses_a_changed_run(tmp
     assert by["latent"]["delta_top1"] == pytest.approx(-1.0)
     assert by["latent"]["delta_top1_se"] == pytest.approx(2 ** 0.5)
     assert "| -1.00 | 1.41 |" in (out / "matched.md").read_text()
-    assert matched.delta_se(0.5, 1, 0.5, 3) is None                  # one run has no spread to compare
+    from nodecode.experiments import delta_se
+    assert delta_se(0.5, 1, 0.5, 3) is None                          # one run has no spread to compare
 
     before = (out / "runs.json").read_bytes()
     changed = tmp_path / "changed.json"

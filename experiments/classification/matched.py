@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, collected_runs, delta_se,
-                                  experiment_parser, export_bundled, grid_job, grid_stage, group_arms, markdown_table,
-                                  matched_grid, mean_pm, mean_std, overrides, plot_arms, prepare_once, read_json,
-                                  run_grid, split_grid_args, todo_points)
+from nodecode.experiments import (POINT_ORDER, ROOT, Runs, add_grid_args, arm, collected_runs, delta_cells,
+                                  deltas_vs_decoded, experiment_parser, export_bundled, grid_job, grid_stage,
+                                  group_arms, markdown_table, matched_grid, mean_pm, mean_std, overrides, plot_arms,
+                                  prepare_once, read_json, run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50"), ("latent", "cresnet51"), ("latent", "cresnet39"), ("rgb", "resnet50"))
 # beyond the paper, run only when --arms names it: g_s's architecture + ResNet-50 on the latent, g_s trained from
@@ -174,18 +174,12 @@ def table(rows: dict, count: str = "seeds") -> tuple[list[dict], str]:
                     "top5": t5, "top5_std": s5, "seeds": sorted(r["seed"] for r in rs), "gmacs": g,
                     "gmacs_with_decoder": g + dec[c] if kind == "decoded" else g,
                     "devices": sorted({str(r.get("device")) for r in rs}), "eval_on": rs[0].get("eval_on", "val")})
-    ref = {(r["point"], r["width"]): r for r in out if r["input"] == "decoded"}
+    deltas_vs_decoded(out, "top1")
     cells = []
     for r in out:
-        d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
         n = len(r["seeds"])
-        if d:
-            r["delta_top1"] = r["top1"] - d["top1"]
-            r["delta_top1_se"] = delta_se(r["top1_std"], n, d["top1_std"], len(d["seeds"]))
-        se = r.get("delta_top1_se")
         cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"], mean_pm(r["top1"], r["top1_std"], n),
-                      mean_pm(r["top5"], r["top5_std"], n), n, f"{r['gmacs']:.2f}",
-                      f"{r['delta_top1']:+.2f}" if d else "–", "–" if se is None else f"{se:.2f}"))
+                      mean_pm(r["top5"], r["top5_std"], n), n, f"{r['gmacs']:.2f}", *delta_cells(r, "top1")))
     return out, markdown_table(["point", "width", "input", "model", "top-1", "top-5", count, "GMACs",
                                 "Δ top-1 vs decoded", "SE of Δ"], cells, align="lrllrrrrrr")
 

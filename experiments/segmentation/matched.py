@@ -25,10 +25,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nodecode.experiments import (ROOT, Runs, add_grid_args, collected_runs, delta_se, experiment_parser,
-                                  export_bundled, grid_job, grid_key, grid_stage, group_arms, markdown_table,
-                                  matched_grid, mean_pm, mean_std, overrides, plot_arms, prepare_once, run_grid,
-                                  split_grid_args, todo_points)
+from nodecode.experiments import (ROOT, Runs, add_grid_args, collected_runs, delta_cells, deltas_vs_decoded,
+                                  experiment_parser, export_bundled, grid_job, grid_key, grid_stage, group_arms,
+                                  markdown_table, matched_grid, mean_pm, mean_std, overrides, plot_arms, prepare_once,
+                                  run_grid, split_grid_args, todo_points)
 
 ARMS = (("decoded", "resnet50_d"), ("latent", "cresnet51_d"), ("latent", "cresnet39_d"), ("rgb", "resnet50_d"))
 FRAME = (360, 480)          # CamVid frames: GMACs of a whole frame (latent: FRAME / 8)
@@ -129,18 +129,13 @@ def table(rows: dict) -> tuple[list[dict], str]:
                     "test_miou": t, "test_miou_std": ts, "seeds": sorted(r["seed"] for r in rs),
                     "gmacs": gmacs(model, kind, point, width), "initialised": all(r.get("init") for r in rs),
                     "iters": rs[0].get("iters"), "devices": sorted({str(r.get("device")) for r in rs})})
-    ref = {(r["point"], r["width"]): r for r in out if r["input"] == "decoded"}
+    deltas_vs_decoded(out, "val_miou")
     cells = []
     for r in out:
-        d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
         n = len(r["seeds"])
-        if d:
-            r["delta_val_miou"] = r["val_miou"] - d["val_miou"]
-            r["delta_val_miou_se"] = delta_se(r["val_miou_std"], n, d["val_miou_std"], len(d["seeds"]))
-        se = r.get("delta_val_miou_se")
         cells.append((r["point"], f"{r['width']:g}", r["input"], r["model"],
                       mean_pm(r["val_miou"], r["val_miou_std"], n), mean_pm(r["test_miou"], r["test_miou_std"], n), n,
-                      f"{r['delta_val_miou']:+.2f}" if d else "–", "–" if se is None else f"{se:.2f}"))
+                      *delta_cells(r, "val_miou")))
     return out, markdown_table(["point", "width", "input", "model", "val mIoU", "test mIoU", "seeds",
                                 "Δ val mIoU vs decoded", "SE of Δ"], cells, align="lrllrrrrr")
 

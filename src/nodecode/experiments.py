@@ -216,6 +216,22 @@ def delta_se(std: float, n: int, ref_std: float, ref_n: int) -> float | None:
     return (std ** 2 / (n - 1) + ref_std ** 2 / (ref_n - 1)) ** 0.5
 
 
+def deltas_vs_decoded(rows: list[dict], key: str) -> None:
+    """In place: each latent row's delta_`key` against the decoded row of its point and width, and its delta_se."""
+    ref = {(r["point"], r["width"]): r for r in rows if r["input"] == "decoded"}
+    for r in rows:
+        d = ref.get((r["point"], r["width"])) if r["input"] == "latent" else None
+        if d:
+            r[f"delta_{key}"] = r[key] - d[key]
+            r[f"delta_{key}_se"] = delta_se(r[f"{key}_std"], len(r["seeds"]), d[f"{key}_std"], len(d["seeds"]))
+
+
+def delta_cells(row: dict, key: str) -> tuple[str, str]:
+    """The table cells "Δ" and "SE of Δ" of a row after deltas_vs_decoded ("–" where there is none)."""
+    d, se = row.get(f"delta_{key}"), row.get(f"delta_{key}_se")
+    return ("–" if d is None else f"{d:+.2f}"), ("–" if se is None else f"{se:.2f}")
+
+
 def mean_pm(mean: float, std: float, n: int) -> str:
     """A table cell: "mean ± std" over n > 1 seeds, the bare value for one (a single run has no spread to show)."""
     return f"{mean:.2f} ± {std:.2f}" if n > 1 else f"{mean:.2f}"
