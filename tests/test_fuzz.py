@@ -81,8 +81,8 @@ def test_smoke_fuzz_files(codecs, seeds, tmp_path):
         try:
             decompress_file(src, dst)
             good.append(src)
-        except NodecodeError:
-            assert not dst.exists()
+        except NodecodeError as e:
+            assert not dst.exists() and str(e).startswith(f"{src}: ")
             if i % 4 == 0:
                 row, = classify_files([src])          # refused with its name, not raised
                 assert str(src) in row["error"] and "top" not in row

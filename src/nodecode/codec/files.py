@@ -47,9 +47,12 @@ def compress_file(src, dst, model: str | CompressionModel = "c8", device="cpu") 
 def decompress_file(src, dst, model: str | CompressionModel | None = None, device="cpu") -> dict:
     """Decode a .ndc file to an image file (format from dst's extension)."""
     data = read_ndc(src)
-    codec = codec_for(data, model, device)
-    with torch.no_grad():
-        x_hat = codec.decompress(data)
+    try:
+        codec = codec_for(data, model, device)
+        with torch.no_grad():
+            x_hat = codec.decompress(data)
+    except NodecodeError as e:          # name the file, as classify / segment do
+        raise NodecodeError(f"{src}: {e}") from None
     img = to_uint8(x_hat)
     save_image(img, dst)
     return {"height": img.shape[0], "width": img.shape[1]}
