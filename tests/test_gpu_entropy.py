@@ -37,7 +37,7 @@ ON_GPU = pytest.mark.skipif(not (triton_available() and torch.cuda.is_available(
 
 @pytest.mark.parametrize("backend", ["reference", pytest.param("triton", marks=ON_GPU)])   # triton: the real kernel
 @pytest.mark.parametrize("point,limit", [("c8", None), ("c16", 1)])   # c32: same code, 4x the CPU time
-def test_reference_decodes_gpu_written_kodak_like_constriction(point, limit, backend):
+def test_batch_decoder_decodes_gpu_written_kodak_like_constriction(point, limit, backend):
     codec = load_codec(point)
     datas = [p.read_bytes() for p in sorted((GPU_FILES / point).glob("*.ndc"))][:limit]
     assert datas

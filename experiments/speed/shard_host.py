@@ -22,6 +22,7 @@ def main(argv=None) -> None:
 
     from nodecode.bench.e2e_gpu import _packed_here
     from nodecode.codec.files import codec_for
+    from nodecode.codec.reader import open_ndc
     from nodecode.codec.gpu_entropy import entropy_model, pack_files
     from nodecode.data.shards import pack_dir, read_shard
     from nodecode.experiments import best_seconds
@@ -35,7 +36,7 @@ def main(argv=None) -> None:
         shard = Path(tmp) / "s.tar"
         pack_dir(a.ndc_dir, shard)
         samples = read_shard(shard)
-        model = entropy_model(codec_for(samples[0].ndc, None, "cpu"))
+        model = entropy_model(codec_for(open_ndc(samples[0].ndc), None, "cpu"))
         datas = [s.ndc for s in samples]
         n = len(samples)
         read = best_seconds(lambda: read_shard(shard), 5)

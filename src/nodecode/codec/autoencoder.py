@@ -142,13 +142,13 @@ class CompressionModel(nn.Module):
                                   self.config.num_centers)
         return bitstream.pack(header, bitstream.encode_symbols(symbols, self.tables()))
 
-    def read_symbols(self, data: bytes) -> tuple[bitstream.Header, np.ndarray]:
+    def read_symbols(self, data) -> tuple[bitstream.Header, np.ndarray]:
         """Entropy-decode a .ndc file made by this model into its header and symbols (C, h, w); no RGB."""
         from nodecode.codec.reader import EntropyModel, read_symbols
         return read_symbols(data, EntropyModel.from_codec(self))
 
-    def decompress(self, data: bytes) -> torch.Tensor:
-        """The bytes of a .ndc file -> x̂ (1, 3, H, W) in [0, 1]."""
+    def decompress(self, data) -> torch.Tensor:
+        """The bytes of a .ndc file (or its NdcFile, read and validated once) -> x̂ (1, 3, H, W) in [0, 1]."""
         header, symbols = self.read_symbols(data)
         dev = next(self.parameters()).device
         y_hat = self.latent(torch.from_numpy(symbols).to(dev)).unsqueeze(0)

@@ -121,6 +121,13 @@ class EntropyModel:
         return self.centers.to(symbols.device)[symbols.long()]
 
 
+def bundled_codec(f: NdcFile, hint: str = "") -> str:
+    """The bundled operating point that wrote `f` (its header's name); NodecodeError naming the file if none did."""
+    if f.header.model not in zoo.list_pretrained("codec"):
+        raise NodecodeError(f"{f.path or 'file'}: written by codec '{f.header.model}', which is not bundled{hint}")
+    return f.header.model
+
+
 def read_symbols(path_or_data, model: EntropyModel) -> tuple[bitstream.Header, np.ndarray]:
     """(header, symbols) of one .ndc file: read once, validated once."""
     f = open_ndc(path_or_data)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from nodecode import zoo
-from nodecode.codec.reader import EntropyModel, NdcFile, open_ndc
+from nodecode.codec.reader import EntropyModel, NdcFile, bundled_codec, open_ndc
 from nodecode.codec.zoo import load_codec
 from nodecode.data.augment import InputPipeline
 from nodecode.data.ndc import decoded_batches
@@ -64,7 +64,7 @@ class Reader:
     def pixels(self, f: NdcFile) -> torch.Tensor:
         """uint8 (1, 3, H, W) decoded image of a validated file: with this network's codec (latent, decoded kinds),
         else with the bundled codec its header names."""
-        codec = self.codec if self.cfg.input in ("latent", "decoded") else load_codec(_bundled_codec(f), self.dev)
+        codec = self.codec if self.cfg.input in ("latent", "decoded") else load_codec(bundled_codec(f), self.dev)
         entropy = self.entropy if codec is self._codec else EntropyModel.from_codec(codec)
         z = torch.from_numpy(entropy.symbols(f)).to(self.dev)
         with exact_fp32():
@@ -79,12 +79,6 @@ class Reader:
                 return z.to(torch.uint8)
             x_hat = self.codec.decode_latent(self.codec.latent(z), tuple(img.shape[2:]))
         return x_hat.mul(255).round().to(torch.uint8)
-
-
-def _bundled_codec(f: NdcFile) -> str:
-    if f.header.model not in zoo.list_pretrained("codec"):
-        raise NodecodeError(f"{f.path}: written by codec '{f.header.model}', which is not bundled")
-    return f.header.model
 
 
 def _input(path: Path, f: NdcFile | None, reader: Reader) -> tuple[torch.Tensor, str]:
